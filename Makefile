@@ -1,0 +1,36 @@
+# Every target builds its own environment in .venv on first use; only Python 3.11+ and make
+# need to be present.
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+	&& { echo $$p; break; }; done)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint check clean
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "TaskForge needs Python 3.11 or newer on PATH (python3.11, python3.12, ...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+## make demo: enqueue 10,000+ jobs on the embedded SQLite default and run a worker through them
+demo: $(STAMP)
+	$(BIN)/taskforge demo
+
+## make test: the whole test suite
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+## make lint: ruff and mypy, as CI runs them
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+check: lint test
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis taskforge-demo.db*
