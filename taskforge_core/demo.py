@@ -9,12 +9,13 @@ a metrics plugin uses.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
-import os
 import pathlib
 import sys
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from typing import Any
 
 import anyio
@@ -27,6 +28,7 @@ from taskforge_core.models import Job
 from taskforge_core.retry import Retry
 from taskforge_core.states import ExecutionStatus, JobStatus
 from taskforge_core.task import Call
+from taskforge_core.worker import Worker
 
 __all__ = ["run_demo"]
 
@@ -34,7 +36,10 @@ __all__ = ["run_demo"]
 class DemoMetrics:
     """Counts outcomes and measures due-to-start waits, as a plugin."""
 
-    def __init__(self) -> None:
+    def __init__(self, expected: int) -> None:
+        #: Jobs whose final outcome (succeeded or dead-lettered) ends the demo.
+        self.expected = expected
+        self.all_finished = anyio.Event()
         self.outcomes: Counter[ExecutionStatus] = Counter()
         self.waits: list[float] = []
         self.first_start: float | None = None
@@ -59,6 +64,8 @@ class DemoMetrics:
     ) -> None:
         self.outcomes[outcome] += 1
         self.last_finish = time.monotonic()
+        if _finished(self) >= self.expected:
+            self.all_finished.set()
 
 
 def _remove_database(db: pathlib.Path) -> None:
@@ -116,8 +123,8 @@ def build_demo_app(url: str, metrics: DemoMetrics) -> TaskForge:
     return app
 
 
-async def enqueue_demo_jobs(app: TaskForge, total: int) -> dict[str, int]:
-    """Enqueue about ``total`` jobs in batches; returns how many of each kind."""
+def demo_plan(total: int) -> dict[str, int]:
+    """How many jobs of each kind make up about ``total`` jobs ("jobs" is the exact sum)."""
     plan = {
         "flaky": max(1, total // 25),
         "doomed": max(1, total // 500),
@@ -126,22 +133,6 @@ async def enqueue_demo_jobs(app: TaskForge, total: int) -> dict[str, int]:
         "checksum": max(1, total // 20),
     }
     plan["add"] = max(1, total - sum(plan.values()) - 2 * plan["chains"])
-    batch = 1000
-    for start in range(0, plan["add"], batch):
-        count = min(batch, plan["add"] - start)
-        await app.tasks["demo.add"].enqueue_many([(i, i) for i in range(start, start + count)])
-    await app.tasks["demo.checksum"].enqueue_many([(i,) for i in range(plan["checksum"])])
-    await app.tasks["demo.flaky"].enqueue_many([(i,) for i in range(plan["flaky"])])
-    await app.tasks["demo.doomed"].enqueue_many([Call(args=(i,)) for i in range(plan["doomed"])])
-    await (
-        app.tasks["demo.remind"]
-        .options(delay=1.0)
-        .enqueue_many([(i,) for i in range(plan["delayed"])])
-    )
-    for i in range(plan["chains"]):
-        first = await app.tasks["demo.fetch"].enqueue(i)
-        second = await app.tasks["demo.transform"].options(depends_on=[first]).enqueue(i)
-        await app.tasks["demo.store"].options(depends_on=[second]).enqueue(i)
     plan["jobs"] = (
         plan["add"]
         + plan["checksum"]
@@ -153,13 +144,33 @@ async def enqueue_demo_jobs(app: TaskForge, total: int) -> dict[str, int]:
     return plan
 
 
+async def enqueue_demo_jobs(app: TaskForge, plan: dict[str, int], batch: int = 500) -> None:
+    """Enqueue the planned jobs in batches of ``batch`` (each batch one round trip)."""
+    tasks = app.tasks
+    await (
+        tasks["demo.remind"].options(delay=1.0).enqueue_many([(i,) for i in range(plan["delayed"])])
+    )
+    await tasks["demo.flaky"].enqueue_many([(i,) for i in range(plan["flaky"])])
+    await tasks["demo.doomed"].enqueue_many([Call(args=(i,)) for i in range(plan["doomed"])])
+    for i in range(plan["chains"]):
+        first = await tasks["demo.fetch"].enqueue(i)
+        second = await tasks["demo.transform"].options(depends_on=[first]).enqueue(i)
+        await tasks["demo.store"].options(depends_on=[second]).enqueue(i)
+    await tasks["demo.checksum"].enqueue_many([(i,) for i in range(plan["checksum"])])
+    for start in range(0, plan["add"], batch):
+        count = min(batch, plan["add"] - start)
+        await tasks["demo.add"].enqueue_many([(i, i) for i in range(start, start + count)])
+
+
+def _finished(metrics: DemoMetrics) -> int:
+    return metrics.outcomes[ExecutionStatus.SUCCEEDED] + metrics.outcomes[ExecutionStatus.FAILED]
+
+
 async def _show_progress(metrics: DemoMetrics, total: int, started: float) -> None:
     interactive = sys.stdout.isatty()
     while True:
         await anyio.sleep(0.2 if interactive else 1.0)
-        finished = sum(
-            metrics.outcomes[o] for o in (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED)
-        )
+        finished = _finished(metrics)
         elapsed = time.monotonic() - started
         width = 30
         filled = int(width * finished / total) if total else width
@@ -174,45 +185,58 @@ async def _show_progress(metrics: DemoMetrics, total: int, started: float) -> No
 
 async def run_demo(
     *, jobs: int = 10_000, concurrency: int = 100, path: str = "taskforge-demo.db"
-) -> None:
-    """Run the demo on a fresh SQLite file at ``path``."""
-    from taskforge_core.worker import Worker
+) -> str:
+    """Run the demo on a fresh SQLite file at ``path``; returns the summary line.
 
+    The worker starts first and the jobs are enqueued while it runs, so the wait figures are
+    those of a queue under load: the time from when a job was due to when it started.
+    """
     db = pathlib.Path(path)
     await anyio.to_thread.run_sync(_remove_database, db)
-    metrics = DemoMetrics()
+    plan = demo_plan(jobs)
+    metrics = DemoMetrics(expected=plan["jobs"])
     app = build_demo_app(f"sqlite:///{db}", metrics)
-    print(f"TaskForge demo: {db} (pid {os.getpid()})")
-
-    enqueue_start = time.monotonic()
-    plan = await enqueue_demo_jobs(app, jobs)
-    enqueue_seconds = time.monotonic() - enqueue_start
     print(
-        f"enqueued {plan['jobs']:,} jobs in {enqueue_seconds:.2f} s "
-        f"({plan['jobs'] / enqueue_seconds:,.0f} jobs/s): {plan['add']:,} add, "
-        f"{plan['checksum']:,} checksum (sync), {plan['flaky']:,} flaky, "
-        f"{plan['doomed']:,} doomed, {plan['chains']:,} chains of 3, "
+        f"TaskForge demo on {db}: {plan['jobs']:,} jobs: {plan['add']:,} add, "
+        f"{plan['checksum']:,} checksum (sync, thread pool), {plan['flaky']:,} flaky (retried), "
+        f"{plan['doomed']:,} doomed (dead-lettered), {plan['chains']:,} chains of 3, "
         f"{plan['delayed']:,} delayed by 1 s"
     )
+    # Failures are the point of some demo tasks: keep their per-job warnings off the screen.
+    logging.getLogger("taskforge").setLevel(logging.ERROR)
 
     worker = Worker(app, {"default": 3, "cpu": 1}, concurrency=concurrency, poll_interval=0.05)
     started = time.monotonic()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_show_progress, metrics, plan["jobs"], started)
-        await worker.run(stop_when_idle=True)
-        tg.cancel_scope.cancel()
+        await tg.start(worker.run)
+        enqueue_start = time.monotonic()
+        await enqueue_demo_jobs(app, plan)
+        enqueue_seconds = time.monotonic() - enqueue_start
+        progress = anyio.CancelScope()
+        tg.start_soon(_run_in_scope, progress, _show_progress(metrics, plan["jobs"], started))
+        with anyio.fail_after(600):
+            await metrics.all_finished.wait()
+        progress.cancel()
+        worker.drain()
     print()
 
     stats = {row.queue: row.counts for row in await app.queue_stats()}
+    await app.close()
     succeeded = sum(c.get(JobStatus.SUCCEEDED, 0) for c in stats.values())
     failed = sum(c.get(JobStatus.FAILED, 0) for c in stats.values())
     busy = (metrics.last_finish or started) - (metrics.first_start or started)
-    done = metrics.outcomes[ExecutionStatus.SUCCEEDED] + metrics.outcomes[ExecutionStatus.FAILED]
     waits_ms = [w * 1000 for w in metrics.waits]
-    await app.close()
-    print(
+    summary = (
         f"summary: {succeeded:,} succeeded, {metrics.outcomes[ExecutionStatus.RETRYING]:,} "
-        f"retried, {failed:,} dead-lettered; {done / busy if busy else math.nan:,.0f} jobs/s; "
+        f"retried, {failed:,} dead-lettered; {_finished(metrics) / busy:,.0f} jobs/s; "
         f"wait p50 {_percentile(waits_ms, 0.5):.1f} ms, p99 {_percentile(waits_ms, 0.99):.1f} ms"
     )
+    print(f"enqueued {plan['jobs']:,} jobs in {enqueue_seconds:.2f} s while the worker ran")
+    print(summary)
     print(f"inspect it: taskforge --url sqlite:///{db} dlq list")
+    return summary
+
+
+async def _run_in_scope(scope: anyio.CancelScope, coro: Coroutine[Any, Any, None]) -> None:
+    with scope:
+        await coro

@@ -11,9 +11,10 @@ One task group owns everything a worker does:
   in one ``storage.claim`` whenever slots are free, splitting each claim across the queues by
   a smooth weighted round-robin; when nothing is runnable it waits for the backend's wake-up
   (or ``poll_interval``), and wakes at once when a slot frees;
-* one **runner** task per claimed job: rate limit, :class:`~taskforge_core.context.JobContext`,
-  middleware, timeout, then the handler (``async def`` on the loop, plain functions in a
-  bounded thread pool);
+* ``concurrency`` long-lived **runners** take claimed jobs from an in-memory stream and run
+  each: rate limit, :class:`~taskforge_core.context.JobContext`, middleware, timeout, then the
+  handler (``async def`` on the loop, plain functions in a bounded thread pool). A fixed pool
+  costs nothing per job, where spawning a task per job costs tens of microseconds;
 * the **acknowledger** reports outcomes: whatever finished since the last report goes out as
   one ``complete``, one ``retry`` and one ``fail`` call (and one ``add_logs``);
 * the **heartbeater** extends the leases of held jobs, interrupts jobs the storage says this
@@ -90,6 +91,7 @@ from taskforge_core.states import ExecutionStatus, JobStatus
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup, TaskStatus
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from taskforge_core.app import TaskForge
     from taskforge_core.middleware import ExecutionMiddleware
@@ -285,6 +287,7 @@ class Worker:
         self._want_notify: anyio.Event | None = None
         self._grace_scope: anyio.CancelScope | None = None
         self._tg: TaskGroup | None = None
+        self._ready_send: MemoryObjectSendStream[_Running] | None = None
         self._storage: Storage | None = None
         self._limiter: RateLimiter | None = None
         self._middleware: list[ExecutionMiddleware] = []
@@ -379,9 +382,13 @@ class Worker:
             self.concurrency,
             self.lease,
         )
+        send, receive = anyio.create_memory_object_stream[_Running](math.inf)
+        self._ready_send = send
         try:
-            async with anyio.create_task_group() as tg:
+            async with send, receive, anyio.create_task_group() as tg:
                 self._tg = tg
+                for number in range(self.concurrency):
+                    tg.start_soon(self._runner, receive, name=f"taskforge runner {number}")
                 tg.start_soon(self._acknowledger, name="taskforge acknowledger")
                 tg.start_soon(self._heartbeater, name="taskforge heartbeater")
                 tg.start_soon(self._reclaimer, name="taskforge reclaimer")
@@ -512,7 +519,7 @@ class Worker:
 
     def _start(self, claimed: list[ClaimedJob]) -> None:
         self._stats.claimed += len(claimed)
-        assert self._tg is not None
+        assert self._ready_send is not None
         for claim in claimed:
             entry = _Running(
                 claim,
@@ -523,9 +530,14 @@ class Worker:
                 self._give_back(entry)
                 continue
             self._running[claim.execution_id] = entry
-            self._tg.start_soon(self._run_job, entry)
+            self._ready_send.send_nowait(entry)
 
     # -- running ---------------------------------------------------------------------------
+
+    async def _runner(self, ready: MemoryObjectReceiveStream[_Running]) -> None:
+        """Runs claimed jobs one after another until the worker stops."""
+        async for entry in ready:
+            await self._run_job(entry)
 
     async def _run_job(self, entry: _Running) -> None:
         """One claimed job, start to report. Never raises (but lets cancellation through)."""
@@ -949,6 +961,11 @@ class Worker:
         """Report everything left and record that the worker stopped (runs shielded)."""
         if self._storage is None:
             return
+        # Jobs claimed but never picked up by a runner (the worker was cancelled): give back.
+        for execution_id, entry in list(self._running.items()):
+            if not entry.started:
+                del self._running[execution_id]
+                self._give_back(entry)
         for _ in range(3):
             if await self._flush():
                 break

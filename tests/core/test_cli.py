@@ -1,0 +1,162 @@
+"""The ``taskforge`` command line: each command, and clear errors with exit code 2."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import pathlib
+import textwrap
+
+import pytest
+
+from taskforge_core.cli import main
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def app_path(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A small application module on sys.path; returns its ``module:attr``."""
+    name = f"cli_app_{next(_counter)}"
+    (tmp_path / f"{name}.py").write_text(
+        textwrap.dedent(
+            f"""
+            from taskforge_core import TaskForge, Retry
+
+            app = TaskForge("sqlite:///{tmp_path}/cli.db")
+
+            @app.task(name="add")
+            async def add(a: int, b: int = 0) -> int:
+                return a + b
+
+            @app.task(name="boom", retry=Retry(max_attempts=1))
+            async def boom() -> None:
+                raise RuntimeError("always")
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("TASKFORGE_URL", f"sqlite:///{tmp_path}/cli.db")
+    return f"{name}:app"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_enqueue_then_burst_worker_then_show(
+    app_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "enqueue", app_path, "add", "--args", "[2]", "--kwargs", '{"b": 3}')
+    assert code == 0
+    job_id = out.strip()
+    assert run(capsys, "worker", app_path, "--burst", "--poll-interval", "0.05")[0] == 0
+    code, out, _ = run(capsys, "jobs", "show", job_id)
+    assert code == 0
+    assert "succeeded" in out
+    assert "result     5" in out
+    code, out, _ = run(capsys, "jobs", "show", job_id, "--json")
+    assert json.loads(out)["job"]["result"] == 5
+
+
+def test_jobs_list_filters_by_status_and_pages(
+    app_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for n in range(3):
+        run(capsys, "enqueue", app_path, "add", "--args", f"[{n}]")
+    code, out, _ = run(capsys, "jobs", "list", "--status", "pending", "--limit", "2")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert len(lines) == 3 and lines[-1].startswith("-- more: --cursor ")
+    cursor = lines[-1].split()[-1]
+    code, out, _ = run(capsys, "jobs", "list", "--limit", "2", "--cursor", cursor, "--json")
+    assert [json.loads(line)["status"] for line in out.strip().splitlines()] == ["pending"]
+
+
+def test_dead_letter_list_replay_and_purge(
+    app_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job_id = run(capsys, "enqueue", app_path, "boom")[1].strip()
+    run(capsys, "worker", app_path, "--burst", "--poll-interval", "0.05")
+    code, out, _ = run(capsys, "dlq", "list")
+    assert code == 0
+    assert job_id in out and "RuntimeError: always" in out
+    assert run(capsys, "dlq", "replay", job_id)[1].strip() == "replayed 1 job(s)"
+    run(capsys, "worker", app_path, "--burst", "--poll-interval", "0.05")
+    assert run(capsys, "dlq", "purge", "--all")[1].strip() == "purged 1 job(s)"
+    assert run(capsys, "dlq", "list")[1] == ""
+
+
+def test_cancel_and_queues_table(app_path: str, capsys: pytest.CaptureFixture[str]) -> None:
+    job_id = run(capsys, "enqueue", app_path, "add", "--args", "[1]", "--delay", "3600")[1].strip()
+    code, out, _ = run(capsys, "jobs", "cancel", job_id)
+    assert (code, out.strip()) == (0, f"cancelled {job_id}")
+    code, _, err = run(capsys, "jobs", "cancel", job_id)
+    assert code == 1 and "already final" in err
+    code, out, _ = run(capsys, "queues", "--pause", "default")
+    assert code == 0
+    assert "default (paused)" in out
+    row = next(line for line in out.splitlines() if line.startswith("default"))
+    assert row.split()[-1] == "1"  # one cancelled job
+
+
+def test_migrate_reports_when_the_schema_is_current(
+    app_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "migrate")
+    assert code == 0 and "applied" in out
+    assert run(capsys, "migrate")[1].strip() == "schema is up to date"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["worker", "nocolon"], "module:attribute"),
+        (["worker", "no_such_module_xyz:app"], "cannot import"),
+        (["worker", "json:dumps"], "not a TaskForge application"),
+        (["worker", "x:y", "-c", "0"], "expected a number >= 1"),
+        (["worker", "x:y", "-q", "emails:zero"], "whole number"),
+        (["worker", "x:y", "--grace-period", "-5"], "seconds"),
+        (["jobs", "show", "not-a-uuid"], "not a job id"),
+        (["jobs", "list", "--status", "done"], "unknown status 'done'"),
+        (["enqueue", "x:y", "add", "--args", "[1,"], "not valid JSON"),
+        (["dlq", "replay"], "give job ids, or --all"),
+        (["--url", "mysql://db", "queues"], "no installed backend handles mysql://"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_clear_message(
+    argv: list[str], message: str, app_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err
+
+
+def test_enqueue_of_an_unknown_task_names_the_registered_ones(
+    app_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "enqueue", app_path, "nope")
+    assert code == 2
+    assert "registered: add, boom" in err
+
+
+def test_enqueue_with_bad_arguments_for_the_task(
+    app_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "enqueue", app_path, "add", "--args", "[1, 2, 3]")
+    assert code == 2
+    assert "bad arguments for task 'add'" in err
+
+
+def test_showing_a_missing_job_fails_with_exit_1(
+    app_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "jobs", "show", "01900000-0000-7000-8000-000000000000")
+    assert code == 1
+    assert "no job with id" in err
