@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import uuid
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 import anyio
 import anyio.from_thread
+import attrs
 
 from taskforge_core.backends import BackendConfig, create_storage
 from taskforge_core.clock import Clock, SystemClock
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
     from taskforge_core.protocols import Storage
 
 __all__ = ["DEFAULT_URL", "TaskForge"]
+
+logger = logging.getLogger("taskforge")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -217,12 +221,17 @@ class TaskForge:
     async def storage(self) -> Storage:
         """The storage of the current thread's event loop, opened on first use."""
         ident = threading.get_ident()
+        if ident in self._opened:
+            return self._storages[ident]
+        return await self._open_storage(self._backend_config)
+
+    async def _open_storage(self, config: BackendConfig) -> Storage:
+        ident = threading.get_ident()
         storage = self._storages.get(ident)
-        if storage is None:
-            storage = self._storages[ident] = self._new_storage()
-        if ident not in self._opened:
-            await storage.open()
-            self._opened.add(ident)
+        if storage is None or config is not self._backend_config:
+            storage = self._storages[ident] = create_storage(self.plugins, self.url, config)
+        await storage.open()
+        self._opened.add(ident)
         return storage
 
     async def open(self) -> TaskForge:
@@ -246,8 +255,15 @@ class TaskForge:
         await self.close()
 
     async def migrate(self) -> list[str]:
-        """Apply pending schema migrations; returns their names."""
-        return await (await self.storage()).migrate()
+        """Apply pending schema migrations; returns their names (empty when up to date)."""
+        ident = threading.get_ident()
+        if ident in self._opened:
+            storage = self._storages[ident]
+        else:  # open without the automatic migration, so what gets applied is reported
+            storage = await self._open_storage(
+                attrs.evolve(self._backend_config, auto_migrate=False)
+            )
+        return await storage.migrate()
 
     # -- calling from synchronous code ---------------------------------------------------
 
@@ -282,7 +298,10 @@ class TaskForge:
         if not jobs:
             return []
         stored = await (await self.storage()).enqueue(jobs)
-        self.plugins.hook.taskforge_jobs_enqueued(app=self, jobs=stored)
+        try:
+            self.plugins.hook.taskforge_jobs_enqueued(app=self, jobs=stored)
+        except Exception:  # the jobs are stored: a caller retrying on this error would double them
+            logger.exception("a taskforge_jobs_enqueued hook failed (the jobs are stored)")
         return [JobHandle(self, job) for job in stored]
 
     async def enqueue(
@@ -355,12 +374,27 @@ class TaskForge:
         include_cancelled: bool = False,
     ) -> ReplayResult:
         """Put failed jobs (and cancelled ones if asked) back to run, attempts reset: the given
-        ids, or every one matching ``queue``/``task``."""
-        statuses = (
-            [JobStatus.FAILED, JobStatus.CANCELLED] if include_cancelled else [JobStatus.FAILED]
-        )
+        ids, or every one matching ``queue``/``task``. Given ids that were not replayed are in
+        ``skipped`` with the reason (not found, or not failed)."""
+        statuses = [JobStatus.FAILED]
+        if include_cancelled:
+            statuses.append(JobStatus.CANCELLED)
         selection = self.job_filter(statuses=statuses, queue=queue, task=task, ids=job_ids)
-        return await (await self.storage()).replay(selection)
+        storage = await self.storage()
+        result = await storage.replay(selection)
+        unexplained = (selection.ids or frozenset()) - set(result.replayed)
+        unexplained -= {job_id for job_id, _ in result.skipped}
+        if not unexplained:
+            return result
+        found = {job.id: job for job in await storage.get_jobs(sorted(unexplained), self.project)}
+        wanted = " or ".join(s.value for s in statuses)
+        reasons = tuple(
+            (job_id, f"it is {found[job_id].status.value}, not {wanted}")
+            if job_id in found
+            else (job_id, "no such job")
+            for job_id in sorted(unexplained)
+        )
+        return attrs.evolve(result, skipped=result.skipped + reasons)
 
     async def purge(
         self,

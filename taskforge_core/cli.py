@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import sys
 import uuid
@@ -126,7 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--lease", type=_seconds, default=30.0, help="lease length in seconds")
     worker.add_argument("--poll-interval", type=_seconds, default=1.0)
-    worker.add_argument("--name", help="a name for this worker (default: host-pid)")
+    worker.add_argument("--name", help="a name for this worker (default: host:pid)")
+    worker.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level of the worker's messages on stderr (default INFO)",
+    )
     worker.add_argument(
         "--no-scheduler",
         action="store_true",
@@ -169,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--queue")
         sub.add_argument("--task")
         sub.add_argument("--all", action="store_true", help="every failed job matching the filters")
+        if action == "replay":
+            sub.add_argument(
+                "--include-cancelled",
+                action="store_true",
+                help="replay cancelled jobs too (the rest of a failed dependency chain)",
+            )
 
     queues = commands.add_parser("queues", help="job counts per queue and status")
     queues.add_argument("--pause", metavar="QUEUE", help="stop workers claiming from QUEUE")
@@ -243,6 +256,9 @@ def _print_page(items: Sequence[Job], next_cursor: str | None, as_json: bool) ->
 async def cmd_worker(args: argparse.Namespace) -> int:
     from taskforge_core.worker import Worker
 
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
     app = load_app(args.app)
     queues = (
         dict(args.queues)
@@ -366,7 +382,12 @@ async def cmd_dlq(args: argparse.Namespace) -> int:
         if args.ids and args.all:
             raise UsageError(f"dlq {args.dlq_command}: give job ids or --all, not both")
         if args.dlq_command == "replay":
-            result = await app.replay(*args.ids, queue=args.queue, task=args.task)
+            result = await app.replay(
+                *args.ids,
+                queue=args.queue,
+                task=args.task,
+                include_cancelled=args.include_cancelled,
+            )
             print(f"replayed {len(result.replayed)} job(s)")
             for job_id, reason in result.skipped:
                 print(f"skipped {job_id}: {reason}", file=sys.stderr)
@@ -402,7 +423,7 @@ async def cmd_queues(args: argparse.Namespace) -> int:
 
 
 async def cmd_migrate(args: argparse.Namespace) -> int:
-    app = TaskForge(args.url, auto_migrate=False) if not args.app_path else load_app(args.app_path)
+    app = _app_for(args)
     try:
         applied = await app.migrate()
     finally:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import attrs
 
-from taskforge_core.errors import TaskForgeError
+from taskforge_core.errors import ConfigurationError, TaskForgeError
 
 __all__ = ["NO_RETRY", "Retry", "RetryLater"]
 
@@ -21,7 +21,7 @@ class RetryLater(TaskForgeError):
 
     def __init__(self, delay: float, reason: str = "") -> None:
         if delay < 0:
-            raise ValueError(f"RetryLater needs a delay >= 0 seconds, got {delay}")
+            raise ConfigurationError(f"RetryLater needs a delay >= 0 seconds, got {delay}")
         super().__init__(reason or f"retry requested in {delay:g}s")
         #: Seconds to wait before the next attempt.
         self.delay = delay
@@ -29,14 +29,14 @@ class RetryLater(TaskForgeError):
 
 def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
     if value < 0:
-        raise ValueError(f"Retry.{attribute.name} must be >= 0, got {value}")
+        raise ConfigurationError(f"Retry.{attribute.name} must be >= 0, got {value}")
 
 
 def _exception_types(value: object) -> tuple[type[BaseException], ...]:
     types = tuple(value) if isinstance(value, (tuple, list)) else (value,)
     for kind in types:
         if not (isinstance(kind, type) and issubclass(kind, BaseException)):
-            raise TypeError(f"expected exception classes, got {kind!r}")
+            raise ConfigurationError(f"Retry: expected exception classes, got {kind!r}")
     return types
 
 
@@ -71,12 +71,12 @@ class Retry:
     @max_attempts.validator
     def _check_attempts(self, _: attrs.Attribute[int], value: int) -> None:
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"Retry.max_attempts must be an integer >= 1, got {value!r}")
+            raise ConfigurationError(f"Retry.max_attempts must be an integer >= 1, got {value!r}")
 
     @jitter.validator
     def _check_jitter(self, _: attrs.Attribute[float], value: float) -> None:
         if value > 1:
-            raise ValueError(f"Retry.jitter must be between 0 and 1, got {value}")
+            raise ConfigurationError(f"Retry.jitter must be between 0 and 1, got {value}")
 
     def backoff(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""

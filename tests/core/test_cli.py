@@ -72,7 +72,8 @@ def test_jobs_list_filters_by_status_and_pages(
     code, out, _ = run(capsys, "jobs", "list", "--status", "pending", "--limit", "2")
     assert code == 0
     lines = out.strip().splitlines()
-    assert len(lines) == 3 and lines[-1].startswith("-- more: --cursor ")
+    assert len(lines) == 3
+    assert lines[-1].startswith("-- more: --cursor ")
     cursor = lines[-1].split()[-1]
     code, out, _ = run(capsys, "jobs", "list", "--limit", "2", "--cursor", cursor, "--json")
     assert [json.loads(line)["status"] for line in out.strip().splitlines()] == ["pending"]
@@ -85,7 +86,8 @@ def test_dead_letter_list_replay_and_purge(
     run(capsys, "worker", app_path, "--burst", "--poll-interval", "0.05")
     code, out, _ = run(capsys, "dlq", "list")
     assert code == 0
-    assert job_id in out and "RuntimeError: always" in out
+    assert job_id in out
+    assert "RuntimeError: always" in out
     assert run(capsys, "dlq", "replay", job_id)[1].strip() == "replayed 1 job(s)"
     run(capsys, "worker", app_path, "--burst", "--poll-interval", "0.05")
     assert run(capsys, "dlq", "purge", "--all")[1].strip() == "purged 1 job(s)"
@@ -97,7 +99,8 @@ def test_cancel_and_queues_table(app_path: str, capsys: pytest.CaptureFixture[st
     code, out, _ = run(capsys, "jobs", "cancel", job_id)
     assert (code, out.strip()) == (0, f"cancelled {job_id}")
     code, _, err = run(capsys, "jobs", "cancel", job_id)
-    assert code == 1 and "already final" in err
+    assert code == 1
+    assert "already final" in err
     code, out, _ = run(capsys, "queues", "--pause", "default")
     assert code == 0
     assert "default (paused)" in out
@@ -109,7 +112,8 @@ def test_migrate_reports_when_the_schema_is_current(
     app_path: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, _ = run(capsys, "migrate")
-    assert code == 0 and "applied" in out
+    assert code == 0
+    assert "applied" in out
     assert run(capsys, "migrate")[1].strip() == "schema is up to date"
 
 
@@ -160,3 +164,49 @@ def test_showing_a_missing_job_fails_with_exit_1(
     code, _, err = run(capsys, "jobs", "show", "01900000-0000-7000-8000-000000000000")
     assert code == 1
     assert "no job with id" in err
+
+
+def test_migrate_uses_the_app_from_the_environment(
+    app_path: str,
+    tmp_path: pathlib.Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TASKFORGE_URL")
+    monkeypatch.setenv("TASKFORGE_APP", app_path)
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, "migrate")
+    assert code == 0
+    assert "applied 0001_initial" in out
+    assert (tmp_path / "cli.db").exists()
+    assert not (tmp_path / "taskforge.db").exists()
+
+
+def test_replay_with_cancelled_jobs_resumes_a_failed_chain(
+    app_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib
+
+    from taskforge_core import JobStatus
+
+    app = importlib.import_module(app_path.partition(":")[0]).app
+
+    async def build_chain() -> tuple[str, str]:
+        parent = await app.tasks["boom"].enqueue()
+        child = await app.tasks["add"].options(depends_on=[parent]).enqueue(1)
+        await app.close()
+        return str(parent.id), str(child.id)
+
+    import anyio
+
+    parent_id, child_id = anyio.run(build_chain)
+    run(capsys, "worker", app_path, "--burst", "--poll-interval", "0.05")
+    code, out, _ = run(capsys, "dlq", "replay", "--all", "--include-cancelled")
+    assert (code, out.strip()) == (0, "replayed 2 job(s)")
+
+    async def statuses() -> list[JobStatus]:
+        jobs = [await app.get_job(parent_id), await app.get_job(child_id)]
+        await app.close()
+        return [job.status for job in jobs]
+
+    assert anyio.run(statuses) == [JobStatus.PENDING, JobStatus.BLOCKED]

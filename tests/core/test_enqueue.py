@@ -201,3 +201,29 @@ def test_bad_rate_limit_and_timeout_fail_at_declaration(app: TaskForge) -> None:
         app.task(name="r", rate_limit="fast")(lambda: None)
     with pytest.raises(ValueError, match="timeout"):
         app.task(name="t", timeout=0)(lambda: None)
+
+
+async def test_replay_explains_each_given_id_it_did_not_replay(app: TaskForge) -> None:
+    pending = await app.tasks["add"].enqueue(1)
+    missing = uuid.uuid4()
+    result = await app.replay(pending.id, missing)
+    assert result.replayed == ()
+    reasons = dict(result.skipped)
+    assert reasons[pending.id] == "it is pending, not failed"
+    assert reasons[missing] == "no such job"
+
+
+async def test_a_failing_enqueue_hook_does_not_fail_a_stored_enqueue(
+    app: TaskForge, caplog: pytest.LogCaptureFixture
+) -> None:
+    from taskforge_core import hookimpl
+
+    class Broken:
+        @hookimpl
+        def taskforge_jobs_enqueued(self, app: TaskForge, jobs: object) -> None:
+            raise RuntimeError("metrics backend down")
+
+    app.plugins.register(Broken())
+    handle = await app.tasks["add"].enqueue(1)
+    assert (await app.get_job(handle.id)).status is JobStatus.PENDING
+    assert "taskforge_jobs_enqueued hook failed" in caplog.text
