@@ -6,7 +6,7 @@ import datetime as dt
 import inspect
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
 
 import attrs
 
@@ -119,6 +119,7 @@ class Task(Generic[P, R]):
         #: True for ``async def`` functions; plain functions run in a worker thread.
         self.is_async = inspect.iscoroutinefunction(fn)
         self._signature = inspect.signature(fn)
+        self._shape = _plain_shape(self._signature)
         self._options = options or TaskOptions()
 
     def __repr__(self) -> str:
@@ -143,10 +144,11 @@ class Task(Generic[P, R]):
 
     def build(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> NewJob:
         """Validate one call against the function's signature and make its enqueue request."""
-        try:
-            self._signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise InvalidJobError(f"bad arguments for task {self.name!r}: {exc}") from None
+        if self._shape is None or not _fits(self._shape, args, kwargs):
+            try:  # the general check, and the one whose messages the errors carry
+                self._signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise InvalidJobError(f"bad arguments for task {self.name!r}: {exc}") from None
         check_payload(args, kwargs, task=self.name, limit=self.app.max_payload_bytes)
         opts = self._options
         priority = self.priority if opts.priority is None else opts.priority
@@ -170,7 +172,7 @@ class Task(Generic[P, R]):
             scheduled_for=opts.scheduled_for(self.app.clock.now()),
             max_attempts=max_attempts,
             timeout=timeout,
-            depends_on=tuple(_job_id(ref) for ref in opts.depends_on),
+            depends_on=tuple(_job_id(ref) for ref in opts.depends_on) if opts.depends_on else (),
             key=opts.key,
             headers=headers,
         )
@@ -197,6 +199,47 @@ class Task(Generic[P, R]):
         job = self.build(args, kwargs)
         (handle,) = self.app.run_sync(self.app.enqueue_jobs, [job])
         return handle
+
+
+class _Shape(NamedTuple):
+    """A signature of named parameters only, as sets: what a call must and may pass."""
+
+    #: Parameters that may be passed by position, in order.
+    positional: tuple[str, ...]
+    #: Every parameter name.
+    names: frozenset[str]
+    #: Parameters without a default.
+    required: frozenset[str]
+
+
+def _plain_shape(signature: inspect.Signature) -> _Shape | None:
+    """The shape of a signature made only of ordinary and keyword-only parameters (most task
+    functions); None for one with ``*args``, ``**kwargs`` or positional-only parameters."""
+    kinds = {p.kind for p in signature.parameters.values()}
+    if not kinds <= {inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY}:
+        return None
+    params = signature.parameters.values()
+    return _Shape(
+        positional=tuple(
+            p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        ),
+        names=frozenset(signature.parameters),
+        required=frozenset(p.name for p in params if p.default is inspect.Parameter.empty),
+    )
+
+
+def _fits(shape: _Shape, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
+    """Whether ``Signature.bind(*args, **kwargs)`` succeeds for a signature of this shape: no
+    more positional arguments than positional parameters, only known keywords and none that a
+    positional argument already filled, and every parameter without a default given."""
+    if len(args) > len(shape.positional):
+        return False
+    filled = shape.positional[: len(args)]
+    if kwargs:
+        if not shape.names.issuperset(kwargs) or any(name in kwargs for name in filled):
+            return False
+        return shape.required.issubset((*filled, *kwargs))
+    return shape.required.issubset(filled)
 
 
 def _split(call: object) -> tuple[tuple[Any, ...], Mapping[str, Any]]:

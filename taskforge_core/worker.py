@@ -11,10 +11,12 @@ One task group owns everything a worker does:
   in one ``storage.claim`` whenever slots are free, splitting each claim across the queues by
   a smooth weighted round-robin; when nothing is runnable it waits for the backend's wake-up
   (or ``poll_interval``), and wakes at once when a slot frees;
-* ``concurrency`` long-lived **runners** take claimed jobs from an in-memory stream and run
+* ``concurrency`` long-lived **runners** take claimed jobs from an in-memory queue and run
   each: rate limit, :class:`~taskforge_core.context.JobContext`, middleware, timeout, then the
   handler (``async def`` on the loop, plain functions in a bounded thread pool). A fixed pool
-  costs nothing per job, where spawning a task per job costs tens of microseconds;
+  costs nothing per job, where spawning a task per job costs tens of microseconds; a runner
+  that finishes a job takes the next queued one at once, and an idle runner is woken only
+  when a job is queued for it;
 * the **acknowledger** reports outcomes: whatever finished since the last report goes out as
   one ``complete``, one ``retry`` and one ``fail`` call (and one ``add_logs``);
 * the **heartbeater** extends the leases of held jobs, interrupts jobs the storage says this
@@ -50,6 +52,7 @@ import socket
 import time
 import traceback
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -91,7 +94,6 @@ from taskforge_core.states import ExecutionStatus, JobStatus
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup, TaskStatus
-    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from taskforge_core.app import TaskForge
     from taskforge_core.middleware import ExecutionMiddleware
@@ -287,7 +289,9 @@ class Worker:
         self._want_notify: anyio.Event | None = None
         self._grace_scope: anyio.CancelScope | None = None
         self._tg: TaskGroup | None = None
-        self._ready_send: MemoryObjectSendStream[_Running] | None = None
+        # Claimed jobs no runner has taken yet, and the wake-up events of idle runners.
+        self._ready: deque[_Running] = deque()
+        self._idle_runners: deque[anyio.Event] = deque()
         self._storage: Storage | None = None
         self._limiter: RateLimiter | None = None
         self._middleware: list[ExecutionMiddleware] = []
@@ -382,13 +386,11 @@ class Worker:
             self.concurrency,
             self.lease,
         )
-        send, receive = anyio.create_memory_object_stream[_Running](math.inf)
-        self._ready_send = send
         try:
-            async with send, receive, anyio.create_task_group() as tg:
+            async with anyio.create_task_group() as tg:
                 self._tg = tg
                 for number in range(self.concurrency):
-                    tg.start_soon(self._runner, receive, name=f"taskforge runner {number}")
+                    tg.start_soon(self._runner, name=f"taskforge runner {number}")
                 tg.start_soon(self._acknowledger, name="taskforge acknowledger")
                 tg.start_soon(self._heartbeater, name="taskforge heartbeater")
                 tg.start_soon(self._reclaimer, name="taskforge reclaimer")
@@ -519,7 +521,6 @@ class Worker:
 
     def _start(self, claimed: list[ClaimedJob]) -> None:
         self._stats.claimed += len(claimed)
-        assert self._ready_send is not None
         for claim in claimed:
             entry = _Running(
                 claim,
@@ -530,14 +531,24 @@ class Worker:
                 self._give_back(entry)
                 continue
             self._running[claim.execution_id] = entry
-            self._ready_send.send_nowait(entry)
+            self._ready.append(entry)
+            if self._idle_runners:
+                self._idle_runners.popleft().set()
 
     # -- running ---------------------------------------------------------------------------
 
-    async def _runner(self, ready: MemoryObjectReceiveStream[_Running]) -> None:
-        """Runs claimed jobs one after another until the worker stops."""
-        async for entry in ready:
-            await self._run_job(entry)
+    async def _runner(self) -> None:
+        """Runs queued jobs one after another until the worker stops; waits while none is
+        queued. A job appended to the queue wakes at most one idle runner, and a runner that
+        finishes a job looks at the queue before it waits, so no queued job is left behind."""
+        ready, idle = self._ready, self._idle_runners
+        while True:
+            if ready:
+                await self._run_job(ready.popleft())
+            else:
+                wake = anyio.Event()
+                idle.append(wake)
+                await wake.wait()
 
     async def _run_job(self, entry: _Running) -> None:
         """One claimed job, start to report. Never raises (but lets cancellation through)."""
@@ -637,6 +648,8 @@ class Worker:
         """The handler through the middleware, within the job's timeout."""
         job = ctx.job
         fn = cast("Callable[..., Any]", task.fn)
+        if task.is_async and job.timeout is None and not self._middleware:
+            return await fn(*job.args, **job.kwargs)  # the common case, without the wrappers
         if task.is_async:
 
             async def handler() -> Any:
@@ -803,6 +816,7 @@ class Worker:
         rejected = set(result.rejected)
         stats = self._stats
         hook = self.app.plugins.hook.taskforge_job_finished
+        notify = bool(hook.get_hookimpls())  # calling a hook no plugin implements costs µs
         for outcome in outcomes:
             job = outcome.job
             if job.id in rejected:
@@ -824,7 +838,10 @@ class Worker:
                 stats.failed += 1
             else:
                 stats.deferred += 1
-            _call_hook(hook, app=self.app, job=job, outcome=status, run_seconds=outcome.run_seconds)
+            if notify:
+                _call_hook(
+                    hook, app=self.app, job=job, outcome=status, run_seconds=outcome.run_seconds
+                )
 
     # -- leases ----------------------------------------------------------------------------
 
@@ -966,6 +983,7 @@ class Worker:
             if not entry.started:
                 del self._running[execution_id]
                 self._give_back(entry)
+        self._ready.clear()
         for _ in range(3):
             if await self._flush():
                 break

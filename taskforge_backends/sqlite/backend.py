@@ -95,6 +95,10 @@ _OK, _F, _C = JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
 _ACTIVE_SQL = "('pending', 'scheduled', 'blocked', 'processing')"
 _FINAL_SQL = "('succeeded', 'failed', 'cancelled')"
 
+#: Oldest SQLite library this backend runs on: claims and fenced reports are one
+#: ``UPDATE ... RETURNING`` each, and RETURNING arrived in 3.35 (2021).
+MIN_SQLITE_VERSION = (3, 35, 0)
+
 # SQLite primary result codes that mean "try again later" rather than "this is broken".
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CANTOPEN = 5, 6, 14
 
@@ -184,6 +188,11 @@ _IN_IDS = "IN (SELECT value FROM json_each(?))"
 _STATUS = {s.value: s for s in JobStatus}
 
 
+#: The C scanner that ``json.loads`` ends in, called without the layers around it.
+_scan_json: Callable[[str, int], tuple[Any, int]]
+_scan_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
 def _json(text: str | None) -> Any:
     """Decode stored JSON, without the parser for the values most rows hold."""
     if text == "{}":
@@ -192,7 +201,13 @@ def _json(text: str | None) -> Any:
         return []
     if text is None or text == "null":
         return None
-    return decode(text)
+    # The C scanner alone: stored JSON is compact, so the value ends where the text does. What
+    # does not (corrupt text) goes through decode, for its error.
+    try:
+        value, end = _scan_json(text, 0)
+    except (StopIteration, ValueError):
+        return decode(text)
+    return value if end == len(text) else decode(text)
 
 
 class _Reader:
@@ -251,6 +266,52 @@ class _Reader:
             result=_json(row[21]),
             error=_decode_error(row[22]),
         )
+
+    def claimed(
+        self,
+        row: Sequence[Any],
+        request: ClaimRequest,
+        queue: str,
+        parents: Mapping[str, list[str]],
+        minted: Mapping[str, uuid.UUID],
+        now: int,
+        expires: int,
+    ) -> ClaimedJob:
+        """A row returned by ``_CLAIM``. What the claim itself set (status, worker, times,
+        execution id) comes from the caller rather than being parsed back."""
+        job_id = row[0]
+        execution_id = minted[row[13]]
+        started = self.time(now)
+        lease_end = self.time(expires)
+        args = _json(row[3])
+        depends_on = parents.get(job_id)
+        job = Job(
+            id=uuid.UUID(job_id),
+            project=request.project,
+            queue=queue,
+            task=row[2],
+            status=_R,
+            args=tuple(args) if args else (),
+            kwargs=_json(row[4]),
+            priority=row[5],
+            attempt=row[6],
+            max_attempts=row[7],
+            timeout=row[8],
+            scheduled_for=self.time(row[9]),
+            created_at=self.time(row[10]),
+            updated_at=started,
+            depends_on=tuple(self.uid(p) for p in depends_on) if depends_on else (),
+            key=row[11],
+            headers=_json(row[12]),
+            execution_id=execution_id,
+            worker_id=request.worker_id,
+            lease_expires_at=lease_end,
+            started_at=started,
+            finished_at=self.opt_time(row[14]),
+            result=_json(row[15]),
+            error=_decode_error(row[16]),
+        )
+        return ClaimedJob(job=job, execution_id=execution_id, lease_expires_at=lease_end)
 
 
 def _parents_of(conn: sqlite3.Connection, ids_json: str) -> dict[str, list[str]]:
@@ -439,28 +500,83 @@ class _Report(Protocol):
 _R_ = TypeVar("_R_", bound=_Report)
 
 
-def _fenced_update(
-    conn: sqlite3.Connection, sql: str, reports: Sequence[_R_], params: Sequence[Sequence[Any]]
-) -> tuple[list[_R_], list[uuid.UUID]]:
-    """Run a report's UPDATE once per report and split the reports by whether it applied.
+def _fenced_sql(assignments: str, *columns: str) -> str:
+    """The one-statement form of a report: an UPDATE of every job of the batch whose current
+    claim the report names, returning the ids it changed.
 
-    ``sql`` must end in ``WHERE id = ? AND status = 'processing' AND execution_id = ?``: that
-    WHERE is the fence. A report on a job that is no longer processing under the report's
-    execution id changes no row and is rejected; so is a second report on one job in a batch.
-    (One statement per report, like ``executemany``, but with each row count.)
+    The batch is bound as ?1, a JSON array with one ``[job_id, execution_id, *columns]`` array
+    per report; ``assignments`` (the SET list) reads a report's own values as ``r.<column>`` and
+    may use ?2, ?3, ... for values shared by the batch. ``status = 'processing' AND
+    execution_id = r.execution_id`` is the fence.
     """
-    accepted: list[_R_] = []
-    rejected: list[uuid.UUID] = []
-    for index, report in enumerate(reports):
-        values = (*params[index], str(report.job_id), str(report.execution_id))
-        if conn.execute(sql, values).rowcount:
-            accepted.append(report)
-        else:
-            rejected.append(report.job_id)
-    return accepted, rejected
+    names = ("job_id", "execution_id", *columns)
+    unpack = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(names)))
+    return (
+        f"WITH r ({', '.join(names)}) AS (SELECT {unpack} FROM json_each(?1)) "
+        f"UPDATE jobs SET {assignments} FROM r "
+        "WHERE jobs.id = r.job_id AND jobs.status = 'processing' "
+        "AND jobs.execution_id = r.execution_id RETURNING jobs.id"
+    )
 
 
-_FENCE = " WHERE id = ? AND status = 'processing' AND execution_id = ?"
+def _fenced_update(
+    conn: sqlite3.Connection,
+    sql: str,
+    ids: Sequence[tuple[str, str]],
+    values: Sequence[Sequence[Any]],
+    shared: Sequence[Any],
+) -> list[int]:
+    """Apply a batch of reports; return the positions of those the fence let through.
+
+    ``sql`` comes from :func:`_fenced_sql`; ``ids`` holds each report's ``(job id, execution
+    id)`` as text and ``values`` its own columns. A report on a job that is no longer processing
+    under the report's execution id changes nothing and is rejected; so is a second report on
+    one job in a batch: such a batch (rare) is applied one report at a time, in order, so that
+    the first report wins.
+    """
+    batch = [[*pair, *own] for pair, own in zip(ids, values, strict=True)]
+    if len({job_id for job_id, _ in ids}) == len(ids):
+        changed = {row[0] for row in conn.execute(sql, (json.dumps(batch), *shared))}
+        return [i for i, (job_id, _) in enumerate(ids) if job_id in changed]
+    return [
+        i
+        for i, one in enumerate(batch)
+        if conn.execute(sql, (json.dumps([one]), *shared)).fetchall()
+    ]
+
+
+def _split(
+    reports: Sequence[_R_], accepted: Sequence[int]
+) -> tuple[list[_R_], tuple[uuid.UUID, ...]]:
+    """The accepted reports, and the job ids of the rejected ones, both in batch order."""
+    taken = set(accepted)
+    return (
+        [reports[i] for i in accepted],
+        tuple(r.job_id for i, r in enumerate(reports) if i not in taken),
+    )
+
+
+def _report_ids(reports: Sequence[_Report]) -> list[tuple[str, str]]:
+    return [(str(r.job_id), str(r.execution_id)) for r in reports]
+
+
+_COMPLETE = _fenced_sql(
+    "status = 'succeeded', result = r.result, finished_at = ?2, updated_at = ?2, "
+    "lease_expires_at = NULL",
+    "result",
+)
+_RETRY = _fenced_sql(
+    "status = 'scheduled', scheduled_for = r.run_at, error = COALESCE(r.error, jobs.error), "
+    "attempt = jobs.attempt - r.refund, updated_at = ?2, lease_expires_at = NULL",
+    "run_at",
+    "error",
+    "refund",
+)
+_FAIL = _fenced_sql(
+    "status = 'failed', error = r.error, finished_at = ?2, updated_at = ?2, "
+    "lease_expires_at = NULL",
+    "error",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,7 +658,9 @@ def _prepare(jobs: Sequence[NewJob], now: int) -> list[_Prepared]:
                 kwargs=encode(dict(job.kwargs), what=what) if job.kwargs else "{}",
                 headers=headers_json,
                 scheduled_for=scheduled_for,
-                depends_on=tuple(dict.fromkeys(str(p) for p in job.depends_on)),
+                depends_on=tuple(dict.fromkeys(str(p) for p in job.depends_on))
+                if job.depends_on
+                else (),
             )
         )
     return prepared
@@ -559,15 +677,38 @@ INSERT INTO jobs (
 #: SQLite stops after LIMIT entries, whatever the backlog. The plan is pinned: INDEXED BY names
 #: the index, and the unary ``+`` keeps the due-time test out of the index search, because with
 #: statistics (ANALYZE, ``PRAGMA optimize``) the planner otherwise prefers a skip-scan on
-#: ``scheduled_for`` followed by a sort of every runnable job of the queue. The project and queue
-#: names are bound rather than joined for the same reason.
-_CLAIMABLE = f"""
-SELECT {_JOB_COLUMNS.replace("p.slug", "?").replace("q.name", "?")}
-FROM jobs j INDEXED BY jobs_claim
-WHERE j.queue_id = ? AND j.status IN ('pending', 'scheduled') AND +j.scheduled_for <= ?
+#: ``scheduled_for`` followed by a sort of every runnable job of the queue. Parameters: ?3 now,
+#: ?4 the queue id, ?5 how many.
+_CLAIMABLE = """
+SELECT j.rowid FROM jobs j INDEXED BY jobs_claim
+WHERE j.queue_id = ?4 AND j.status IN ('pending', 'scheduled') AND +j.scheduled_for <= ?3
 ORDER BY j.priority DESC, j.scheduled_for, j.id
-LIMIT ?
+LIMIT ?5
 """
+
+#: The same read for the capacity left over, merged across queues in Python (?1 queue id, ?2
+#: now, ?3 how many).
+_CLAIMABLE_ORDER = """
+SELECT j.rowid, j.priority, j.scheduled_for, j.id FROM jobs j INDEXED BY jobs_claim
+WHERE j.queue_id = ?1 AND j.status IN ('pending', 'scheduled') AND +j.scheduled_for <= ?2
+ORDER BY j.priority DESC, j.scheduled_for, j.id
+LIMIT ?3
+"""
+
+#: Claim the jobs whose rowids ``{chosen}`` selects, in one statement that returns what the
+#: claimed models need: ?1 worker id, ?2 lease end, ?3 now. Each row gets a fresh execution id
+#: from ``taskforge_uuid7()`` (see :meth:`SQLiteStorage._mint`).
+_CLAIM = """
+UPDATE jobs SET status = 'processing', attempt = attempt + 1, execution_id = taskforge_uuid7(),
+    worker_id = ?1, lease_expires_at = ?2, started_at = ?3, updated_at = ?3
+WHERE rowid IN ({chosen}) AND status IN ('pending', 'scheduled')
+RETURNING id, queue_id, task, args, kwargs, priority, attempt, max_attempts, timeout,
+    scheduled_for, created_at, key, headers, execution_id, finished_at, result, error
+"""
+_CLAIM_FROM_QUEUE = _CLAIM.format(chosen=_CLAIMABLE)
+_CLAIM_IDS = _CLAIM.format(chosen="SELECT value FROM json_each(?5)")
+# Positions in a row returned by _CLAIM.
+_C_ID, _C_QUEUE, _C_PRIORITY, _C_ATTEMPT, _C_SCHEDULED_FOR, _C_EXECUTION_ID = 0, 1, 5, 6, 9, 13
 
 
 # ---------------------------------------------------------------------------------------------
@@ -592,6 +733,8 @@ class SQLiteStorage:
         self._limiter: anyio.CapacityLimiter | None = None
         in_memory = self._settings.in_memory
         self._hub = hub_for(None if in_memory else self._settings.path)
+        # Execution ids made by ``taskforge_uuid7()`` during the claim in progress (see _mint).
+        self._minted: dict[str, uuid.UUID] = {}
         capabilities = {Capability.LOCAL_WAKEUP, Capability.INJECTABLE_CLOCK}
         if not in_memory:
             capabilities |= {
@@ -684,16 +827,31 @@ class SQLiteStorage:
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA temp_store = MEMORY")
             conn.execute("PRAGMA cache_size = -32768")  # 32 MiB of page cache, at most
+            conn.create_function("taskforge_uuid7", 0, self._mint)
         except sqlite3.Error as exc:
             conn.close()
             raise self._error(exc) from exc
         return conn
+
+    def _mint(self) -> str:
+        """``taskforge_uuid7()`` in SQL: a new execution id, kept as a :class:`uuid.UUID` for
+        the claim in progress so that its models need not parse it back."""
+        execution_id = uuid7()
+        text = str(execution_id)
+        self._minted[text] = execution_id
+        return text
 
     async def open(self) -> None:
         """Connect, set the pragmas, and migrate when ``config.auto_migrate`` is set.
         Opening an open storage does nothing."""
         if self._conn is not None:
             return
+        if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
+            raise ConfigurationError(
+                f"the SQLite backend needs SQLite {'.'.join(map(str, MIN_SQLITE_VERSION))} or "
+                f"newer (for RETURNING); this Python's sqlite3 module uses SQLite "
+                f"{sqlite3.sqlite_version}. Use a Python built against a newer SQLite."
+            )
         limiter = anyio.CapacityLimiter(1)
         conn = await anyio.to_thread.run_sync(self._connect, limiter=limiter)
         self._conn, self._limiter = conn, limiter
@@ -823,40 +981,27 @@ class SQLiteStorage:
                     )
 
         # Order the new jobs parents-first; what is left over lies on a cycle.
-        waiting = {p.id: sum(1 for q in parents_of[p.id] if q in by_id) for p in new}
-        children: dict[str, list[str]] = {}
-        for p in new:
-            for parent in parents_of[p.id]:
-                if parent in by_id:
-                    children.setdefault(parent, []).append(p.id)
-        ready = deque(job_id for job_id, count in waiting.items() if count == 0)
-        order: list[str] = []
-        while ready:
-            job_id = ready.popleft()
-            order.append(job_id)
-            for child in children.get(job_id, ()):
-                waiting[child] -= 1
-                if waiting[child] == 0:
-                    ready.append(child)
-        if len(order) < len(new):
-            cycle = sorted(job_id for job_id, count in waiting.items() if count > 0)
-            raise DependencyError(f"the dependencies of jobs {', '.join(cycle)} form a cycle")
+        order = [p.id for p in new]
+        if outside or any(parents_of.values()):
+            order = self._parents_first(new, parents_of, by_id)
 
         # Initial statuses, parents first.
         status: dict[str, JobStatus] = {}
         for job_id in order:
             p = by_id[job_id]
-            parent_statuses = [
-                status[q] if q in by_id else stored_parents[q][1] for q in parents_of[job_id]
-            ]
+            parents = parents_of[job_id]
+            if not parents:
+                status[job_id] = _S if p.scheduled_for > now else _P
+                continue
+            parent_statuses = [status[q] if q in by_id else stored_parents[q][1] for q in parents]
             if any(s in (_F, _C) for s in parent_statuses):
-                target = _C
+                status[job_id] = _C
             elif all(s == _OK for s in parent_statuses):
-                target = _S if p.scheduled_for > now else _P
+                status[job_id] = _S if p.scheduled_for > now else _P
             else:
-                target = _B
+                status[job_id] = _B
+        for target in set(status.values()):
             check_transition(None, target)
-            status[job_id] = target
 
         rows = []
         for p in new:
@@ -920,7 +1065,7 @@ class SQLiteStorage:
                 scheduled_for=at if p.scheduled_for == now else _time(p.scheduled_for),
                 created_at=at,
                 updated_at=at,
-                depends_on=tuple(uuid.UUID(q) for q in parents_of[p.id]),
+                depends_on=tuple(uuid.UUID(q) for q in parents_of[p.id]) if p.depends_on else (),
                 key=job.key,
                 headers=dict(job.headers),
                 finished_at=at if status[p.id] is _C else None,
@@ -930,6 +1075,32 @@ class SQLiteStorage:
             made.update(_load_jobs(conn, missing))
         runnable = {p.request.queue for p in new if status[p.id] in (_P, _S)}
         return [made[alias[p.id]] for p in batch], runnable
+
+    @staticmethod
+    def _parents_first(
+        new: list[_Prepared], parents_of: dict[str, list[str]], by_id: dict[str, _Prepared]
+    ) -> list[str]:
+        """The new jobs' ids, every parent of the batch before its children; raises
+        :class:`DependencyError` naming the jobs on (or behind) a cycle."""
+        waiting = {p.id: sum(1 for q in parents_of[p.id] if q in by_id) for p in new}
+        children: dict[str, list[str]] = {}
+        for p in new:
+            for parent in parents_of[p.id]:
+                if parent in by_id:
+                    children.setdefault(parent, []).append(p.id)
+        ready = deque(job_id for job_id, count in waiting.items() if count == 0)
+        order: list[str] = []
+        while ready:
+            job_id = ready.popleft()
+            order.append(job_id)
+            for child in children.get(job_id, ()):
+                waiting[child] -= 1
+                if waiting[child] == 0:
+                    ready.append(child)
+        if len(order) < len(new):
+            cycle = sorted(job_id for job_id, count in waiting.items() if count > 0)
+            raise DependencyError(f"the dependencies of jobs {', '.join(cycle)} form a cycle")
+        return order
 
     # -- claim -------------------------------------------------------------------------------
 
@@ -945,89 +1116,66 @@ class SQLiteStorage:
     def _claim(
         self, conn: sqlite3.Connection, request: ClaimRequest, now: int, lease: int
     ) -> list[ClaimedJob]:
-        project_id = _project_id(conn, request.project)
-        if project_id is None:
-            return []
-        names = {share.name for share in request.shares}
+        # Only pending and scheduled jobs are read, and both may move to processing.
+        check_transition(_P, _R)
+        check_transition(_S, _R)
         queues = dict(
             conn.execute(
-                f"SELECT name, id FROM job_queues WHERE project_id = ? AND paused = 0 "
-                f"AND name {_IN_IDS}",
-                (project_id, _json_list(names)),
+                "SELECT q.name, q.id FROM job_queues q JOIN projects p ON p.id = q.project_id "
+                f"WHERE p.slug = ? AND q.paused = 0 AND q.name {_IN_IDS}",
+                (request.project, _json_list({share.name for share in request.shares})),
             ).fetchall()
         )
         if not queues:
             return []
-
-        def order(row: Sequence[Any]) -> tuple[int, int, str]:
-            return (-row[7], row[11], row[0])
-
-        chosen: dict[str, Sequence[Any]] = {}
-        per_queue: dict[int, int] = {}
-
-        names_by_id = {queue_id: name for name, queue_id in queues.items()}
-
-        def candidates(queue_id: int, want: int) -> list[Sequence[Any]]:
-            # Jobs already chosen from this queue are still runnable in the table: read past.
-            limit = want + per_queue.get(queue_id, 0)
-            params = (request.project, names_by_id[queue_id], queue_id, now, limit)
-            rows = conn.execute(_CLAIMABLE, params)
-            return [row for row in rows if row[0] not in chosen][:want]
-
-        def take(rows: Iterable[Sequence[Any]], queue_id: int | None = None) -> None:
-            for row in rows:
-                chosen[row[0]] = row
-                key = queue_id if queue_id is not None else queues[row[2]]
-                per_queue[key] = per_queue.get(key, 0) + 1
-
+        worker = str(request.worker_id)
+        expires = now + lease
+        minted = self._minted
+        minted.clear()
+        rows: list[Any] = []
+        exhausted: set[int] = set()
         # First each share from its own queue, up to its quota ...
         for share in request.shares:
-            room = request.limit - len(chosen)
+            room = request.limit - len(rows)
             if room <= 0:
                 break
             queue_id = queues.get(share.name)
-            if queue_id is not None and share.limit > 0:
-                take(candidates(queue_id, min(share.limit, room)), queue_id)
+            if queue_id is None or share.limit <= 0:
+                continue
+            want = min(share.limit, room)
+            got = conn.execute(_CLAIM_FROM_QUEUE, (worker, expires, now, queue_id, want)).fetchall()
+            if len(got) < want:  # nothing else is runnable in this queue right now
+                exhausted.add(queue_id)
+            rows += got
         # ... then the capacity left over from all the listed queues together, best first.
-        room = request.limit - len(chosen)
+        room = request.limit - len(rows)
         if room > 0:
-            pool = [row for queue_id in set(queues.values()) for row in candidates(queue_id, room)]
-            pool.sort(key=order)
-            take(pool[:room])
-        if not chosen:
+            pool = [
+                candidate
+                for queue_id in set(queues.values()) - exhausted
+                for candidate in conn.execute(_CLAIMABLE_ORDER, (queue_id, now, room))
+            ]
+            if pool:
+                pool.sort(key=lambda c: (-c[1], c[2], c[3]))
+                chosen = json.dumps([c[0] for c in pool[:room]])
+                rows += conn.execute(_CLAIM_IDS, (worker, expires, now, None, chosen)).fetchall()
+        if not rows:
             return []
-
-        worker = str(request.worker_id)
-        expires = now + lease
-        known = {worker: request.worker_id}
-        claimed: list[list[Any]] = []
-        for row in sorted(chosen.values(), key=order):
-            check_transition(_STATUS[row[4]], _R)
-            execution_id = uuid7()
-            known[str(execution_id)] = execution_id
-            job = list(row)
-            job[4], job[8], job[13] = _R.value, row[8] + 1, now
-            job[16], job[17], job[18], job[19] = str(execution_id), worker, expires, now
-            claimed.append(job)
-        conn.executemany(
-            "UPDATE jobs SET status = 'processing', attempt = ?, execution_id = ?, worker_id = ?, "
-            "lease_expires_at = ?, started_at = ?, updated_at = ? "
-            "WHERE id = ? AND status IN ('pending', 'scheduled')",
-            [(j[8], j[16], worker, expires, now, now, j[0]) for j in claimed],
-        )
+        rows.sort(key=lambda r: (-r[_C_PRIORITY], r[_C_SCHEDULED_FOR], r[_C_ID]))
         conn.executemany(
             "INSERT INTO job_executions (id, job_id, attempt, worker_id, status, started_at) "
             "VALUES (?, ?, ?, ?, 'started', ?)",
-            [(j[16], j[0], j[8], worker, now) for j in claimed],
+            [(r[_C_EXECUTION_ID], r[_C_ID], r[_C_ATTEMPT], worker, now) for r in rows],
         )
-        parents = _parents_of(conn, _json_list(j[0] for j in claimed))
-        reader = _Reader(known)
-        lease_end = reader.time(expires)
-        return [
-            ClaimedJob(job=job, execution_id=job.execution_id, lease_expires_at=lease_end)
-            for job in (reader.job(j, parents) for j in claimed)
-            if job.execution_id is not None
+        parents = _parents_of(conn, _json_list(r[_C_ID] for r in rows))
+        reader = _Reader()
+        names = {queue_id: name for name, queue_id in queues.items()}
+        claimed = [
+            reader.claimed(row, request, names[row[_C_QUEUE]], parents, minted, now, expires)
+            for row in rows
         ]
+        minted.clear()
+        return claimed
 
     # -- reports -----------------------------------------------------------------------------
 
@@ -1035,26 +1183,26 @@ class SQLiteStorage:
         if not completions:
             return AckResult()
         now = self._now()
-        params = [
-            (encode(c.result, what=f"the result of job {c.job_id}"), now, now) for c in completions
+        ids = _report_ids(completions)
+        results = [
+            (encode(c.result, what=f"the result of job {c.job_id}"),)
+            if c.result is not None
+            else ("null",)
+            for c in completions
         ]
         check_transition(_R, _OK)
 
         def run(conn: sqlite3.Connection) -> tuple[AckResult, set[str]]:
-            accepted, rejected = _fenced_update(
-                conn,
-                "UPDATE jobs SET status = 'succeeded', result = ?, finished_at = ?, "
-                "updated_at = ?, lease_expires_at = NULL" + _FENCE,
-                completions,
-                params,
+            accepted = _fenced_update(conn, _COMPLETE, ids, results, (now,))
+            done = [ids[i] for i in accepted]
+            conn.execute(
+                "UPDATE job_executions SET status = 'succeeded', finished_at = ? "
+                f"WHERE id {_IN_IDS}",
+                (now, _json_list(execution_id for _, execution_id in done)),
             )
-            conn.executemany(
-                "UPDATE job_executions SET status = 'succeeded', finished_at = ? WHERE id = ?",
-                [(now, str(c.execution_id)) for c in accepted],
-            )
-            released = _release_children(conn, [str(c.job_id) for c in accepted], now)
-            ack = AckResult(accepted=tuple(c.job_id for c in accepted), rejected=tuple(rejected))
-            return ack, released
+            released = _release_children(conn, [job_id for job_id, _ in done], now)
+            taken, rejected = _split(completions, accepted)
+            return AckResult(accepted=tuple(c.job_id for c in taken), rejected=rejected), released
 
         ack, released = await self._run(run)
         if released:
@@ -1065,22 +1213,16 @@ class SQLiteStorage:
         if not retries:
             return AckResult()
         now = self._now()
+        ids = _report_ids(retries)
         errors = [_encode_error(r.error) for r in retries]
-        params = [
-            (_micros(r.run_at, "RetryRequest.run_at"), error, 0 if r.consume_attempt else 1, now)
+        values = [
+            (_micros(r.run_at, "RetryRequest.run_at"), error, 0 if r.consume_attempt else 1)
             for r, error in zip(retries, errors, strict=True)
         ]
         check_transition(_R, _S)
 
         def run(conn: sqlite3.Connection) -> tuple[AckResult, set[str]]:
-            accepted, rejected = _fenced_update(
-                conn,
-                "UPDATE jobs SET status = 'scheduled', scheduled_for = ?, "
-                "error = COALESCE(?, error), attempt = attempt - ?, updated_at = ?, "
-                "lease_expires_at = NULL" + _FENCE,
-                retries,
-                params,
-            )
+            accepted, rejected = _split(retries, _fenced_update(conn, _RETRY, ids, values, (now,)))
             outcome = {True: ExecutionStatus.RETRYING.value, False: ExecutionStatus.DEFERRED.value}
             conn.executemany(
                 "UPDATE job_executions SET status = ?, finished_at = ?, error = ? WHERE id = ?",
@@ -1097,7 +1239,7 @@ class SQLiteStorage:
                     (_json_list(str(r.job_id) for r in accepted),),
                 )
             }
-            ack = AckResult(accepted=tuple(r.job_id for r in accepted), rejected=tuple(rejected))
+            ack = AckResult(accepted=tuple(r.job_id for r in accepted), rejected=rejected)
             return ack, queues
 
         ack, queues = await self._run(run)
@@ -1109,24 +1251,19 @@ class SQLiteStorage:
         if not failures:
             return AckResult()
         now = self._now()
-        params = [(_encode_error(f.error), now, now) for f in failures]
+        ids = _report_ids(failures)
+        errors = [(_encode_error(f.error),) for f in failures]
         check_transition(_R, _F)
 
         def run(conn: sqlite3.Connection) -> AckResult:
-            accepted, rejected = _fenced_update(
-                conn,
-                "UPDATE jobs SET status = 'failed', error = ?, finished_at = ?, updated_at = ?, "
-                "lease_expires_at = NULL" + _FENCE,
-                failures,
-                params,
-            )
+            accepted, rejected = _split(failures, _fenced_update(conn, _FAIL, ids, errors, (now,)))
             conn.executemany(
                 "UPDATE job_executions SET status = 'failed', finished_at = ?, error = ? "
                 "WHERE id = ?",
                 [(now, _encode_error(f.error), str(f.execution_id)) for f in accepted],
             )
             _cancel_descendants(conn, [str(f.job_id) for f in accepted], now)
-            return AckResult(accepted=tuple(f.job_id for f in accepted), rejected=tuple(rejected))
+            return AckResult(accepted=tuple(f.job_id for f in accepted), rejected=rejected)
 
         return await self._run(run)
 
@@ -1148,19 +1285,20 @@ class SQLiteStorage:
             status = WorkerStatus.RUNNING if row is None else WorkerStatus(row[0])
             if not execution_ids:
                 return status, []
-            held = {
-                r[0]
-                for r in conn.execute(
-                    f"SELECT execution_id FROM jobs WHERE status = 'processing' "
-                    f"AND execution_id {_IN_IDS} AND worker_id = ?",
+            # From each execution to its job (primary keys both), which this worker must still
+            # hold under that execution.
+            held = dict(
+                conn.execute(
+                    "SELECT e.id, e.job_id FROM job_executions e JOIN jobs j ON j.id = e.job_id "
+                    f"WHERE e.id {_IN_IDS} AND j.status = 'processing' "
+                    "AND j.execution_id = e.id AND j.worker_id = ?",
                     (wanted, worker),
-                )
-            }
+                ).fetchall()
+            )
             if held:
                 conn.execute(
-                    f"UPDATE jobs SET lease_expires_at = ? WHERE status = 'processing' "
-                    f"AND execution_id {_IN_IDS} AND worker_id = ?",
-                    (now + lease_us, _json_list(held), worker),
+                    f"UPDATE jobs SET lease_expires_at = ? WHERE id {_IN_IDS}",
+                    (now + lease_us, _json_list(held.values())),
                 )
             return status, [e for e in execution_ids if str(e) not in held]
 

@@ -1397,3 +1397,84 @@ def test_two_processes_never_claim_the_same_job(tmp_path: pathlib.Path) -> None:
 
     anyio.run(check)
     assert os.path.exists(tmp_path / "shared.db")
+
+
+# ---------------------------------------------------------------------------------------------
+# The hot path's one-statement claims and reports
+# ---------------------------------------------------------------------------------------------
+
+
+def test_open_refuses_a_sqlite_without_returning(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 34, 1))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.34.1")
+
+    async def main() -> None:
+        storage = SQLiteStorage(file_url(tmp_path / "old.db"))
+        with pytest.raises(ConfigurationError, match=r"SQLite 3\.35\.0 or newer.*3\.34\.1"):
+            await storage.open()
+
+    anyio.run(main)
+    assert not (tmp_path / "old.db").exists()
+
+
+@pytest.mark.anyio
+async def test_a_claimed_job_is_the_stored_job_field_for_field(
+    storage: SQLiteStorage, clock: FakeClock
+) -> None:
+    parent = new()
+    await storage.enqueue([parent])
+    await run_to_success(storage, parent.id)
+    rich = new(
+        args=(1, "two", [3, {"four": 4.5}], None, True),
+        kwargs={"k": [1, 2], "s": "é😀", "n": None},
+        priority=7,
+        max_attempts=3,
+        timeout=2.5,
+        depends_on=(parent.id,),
+        key="the-key",
+        headers={"trace": "abc"},
+        scheduled_for=clock.now() - dt.timedelta(seconds=5),
+    )
+    plain = new(queue="other")
+    await storage.enqueue([rich, plain])
+    (first,) = await claim(storage)
+    retried = RetryRequest(
+        job_id=rich.id, execution_id=first.execution_id, run_at=clock.now(), error=BOOM
+    )
+    assert (await storage.retry([retried])).accepted == (rich.id,)
+    clock.advance(1)
+    request = ClaimRequest(
+        worker_id=WORKER,
+        shares=(QueueShare(name="default", limit=1), QueueShare(name="other", limit=0)),
+        limit=5,
+        lease=LEASE,
+    )
+    claimed = await storage.claim(request)
+    assert [c.job.id for c in claimed] == [rich.id, plain.id]  # the leftover reaches "other"
+    for c in claimed:
+        assert c.job == await one(storage, c.job.id)
+    again = claimed[0].job
+    assert (again.attempt, again.error, again.depends_on) == (2, BOOM, (parent.id,))
+    executions = await storage.list_executions(rich.id)
+    assert [e.id for e in executions] == [first.execution_id, claimed[0].execution_id]
+
+
+@pytest.mark.anyio
+async def test_a_batch_naming_a_job_twice_applies_the_first_report_only(
+    storage: SQLiteStorage, clock: FakeClock
+) -> None:
+    a, b, c = (new(max_attempts=3) for _ in range(3))
+    await storage.enqueue([a, b, c])
+    held = {h.job.id: h.execution_id for h in await claim(storage)}
+    later = clock.now() + dt.timedelta(minutes=1)
+    retry_a = RetryRequest(job_id=a.id, execution_id=held[a.id], run_at=later, error=BOOM)
+    retry_b = RetryRequest(job_id=b.id, execution_id=held[b.id], run_at=clock.now())
+    ack = await storage.retry([retry_a, retry_b, retry_a])
+    assert (ack.accepted, ack.rejected) == ((a.id, b.id), (a.id,))
+    assert (await one(storage, a.id)).scheduled_for == later
+    fail_c = Failure(job_id=c.id, execution_id=held[c.id], error=BOOM)
+    ack = await storage.fail([fail_c, Failure(job_id=c.id, execution_id=uuid7(), error=BOOM)])
+    assert (ack.accepted, ack.rejected) == ((c.id,), (c.id,))
+    assert (await one(storage, c.id)).status is JobStatus.FAILED
