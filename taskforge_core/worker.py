@@ -68,6 +68,7 @@ from taskforge_core.errors import (
     JobTimeoutError,
     SerializationError,
     StorageError,
+    StorageUnavailableError,
     UnknownTaskError,
 )
 from taskforge_core.ids import uuid7
@@ -377,7 +378,7 @@ class Worker:
         self._limiter = self.app.plugins.hook.taskforge_rate_limiter(app=self.app)
         self._middleware = self.app.execution_middleware()
         self._start_time = time.monotonic()
-        await storage.register_worker(self._info())
+        await self._register(storage)
         logger.info(
             "worker %s (%s) started: queues %s, concurrency %d, lease %g s",
             self.name,
@@ -413,6 +414,22 @@ class Worker:
         stats = self.stats
         logger.info("worker %s stopped: %s", self.name, stats)
         return stats
+
+    async def _register(self, storage: Storage) -> None:
+        """Record this worker; while the store is unreachable (a database restarting), try
+        again every ``poll_interval`` instead of exiting."""
+        while True:
+            try:
+                await storage.register_worker(self._info())
+                return
+            except StorageUnavailableError as exc:
+                logger.warning(
+                    "worker %s cannot register yet, trying again in %g s: %s",
+                    self.name,
+                    self.poll_interval,
+                    exc,
+                )
+                await anyio.sleep(self.poll_interval)
 
     # -- claiming --------------------------------------------------------------------------
 

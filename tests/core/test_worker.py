@@ -705,3 +705,28 @@ def test_defaults_follow_the_lease_and_concurrency(tmp_path: pathlib.Path) -> No
     assert worker.queues == {"emails": 1}
     assert (worker.batch_size, worker.threads) == (8, 8)
     assert (worker.heartbeat_interval, worker.reclaim_interval) == (10.0, 15.0)
+
+
+async def test_a_worker_waits_for_an_unreachable_store_instead_of_exiting(
+    app: TaskForge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from taskforge_core import StorageUnavailableError
+
+    @app.task(name="ping")
+    async def ping() -> str:
+        return "pong"
+
+    job = await ping.enqueue()
+    storage = await app.storage()
+    real_register = storage.register_worker
+    failures = [StorageUnavailableError("restarting"), StorageUnavailableError("restarting")]
+
+    async def flaky_register(info: WorkerInfo) -> None:
+        if failures:
+            raise failures.pop()
+        await real_register(info)
+
+    monkeypatch.setattr(storage, "register_worker", flaky_register)
+    await run_until_idle(make_worker(app))
+    assert failures == []
+    assert await job.wait(5) == "pong"
