@@ -8,19 +8,20 @@ import threading
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 import anyio
 import anyio.from_thread
 import attrs
 
-from taskforge_core.backends import BackendConfig, create_storage
+from taskforge_core.backends import BackendConfig, create_storage, url_scheme
 from taskforge_core.clock import Clock, SystemClock
 from taskforge_core.errors import ConfigurationError, JobNotFoundError, UnknownTaskError
 from taskforge_core.handle import JobHandle
 from taskforge_core.middleware import ExecutionMiddleware
 from taskforge_core.models import DEFAULT_PROJECT, DEFAULT_QUEUE, Job, JobFilter, NewJob, Page
 from taskforge_core.plugins import create_plugin_manager
+from taskforge_core.protocols import Capability
 from taskforge_core.ratelimit import RateLimit
 from taskforge_core.retry import Retry
 from taskforge_core.scheduler import PeriodicEntry
@@ -296,11 +297,27 @@ class TaskForge:
 
     # -- jobs ----------------------------------------------------------------------------
 
-    async def enqueue_jobs(self, jobs: Sequence[NewJob]) -> list[JobHandle]:
-        """Store prepared requests in one round trip (all or nothing) and return handles."""
+    async def enqueue_jobs(
+        self, jobs: Sequence[NewJob], *, transaction: object | None = None
+    ) -> list[JobHandle]:
+        """Store prepared requests in one round trip (all or nothing) and return handles.
+
+        ``transaction``: the application's own connection to write in, so the jobs exist only
+        if its transaction commits (backends with ``Capability.TRANSACTIONAL_ENQUEUE``).
+        """
         if not jobs:
             return []
-        stored = await (await self.storage()).enqueue(jobs)
+        storage = await self.storage()
+        if transaction is None:
+            stored = await storage.enqueue(jobs)
+        elif Capability.TRANSACTIONAL_ENQUEUE in storage.capabilities:
+            enqueue_in = cast("Callable[..., Awaitable[list[Job]]]", storage.enqueue)
+            stored = await enqueue_in(jobs, transaction=transaction)
+        else:
+            raise ConfigurationError(
+                f"the {url_scheme(self.url)}:// backend cannot enqueue inside your own "
+                "transaction; drop transaction= (PostgreSQL supports it)"
+            )
         try:
             self.plugins.hook.taskforge_jobs_enqueued(app=self, jobs=stored)
         except Exception:  # the jobs are stored: a caller retrying on this error would double them

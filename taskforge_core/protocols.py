@@ -64,6 +64,9 @@ class Capability(enum.StrEnum):
     DURABLE = "durable"
     #: Time for leases and due dates comes from the injected clock (tests can fake it).
     INJECTABLE_CLOCK = "injectable_clock"
+    #: ``enqueue(jobs, transaction=conn)`` writes inside the application's own transaction,
+    #: so the jobs exist only if it commits.
+    TRANSACTIONAL_ENQUEUE = "transactional_enqueue"
 
 
 @runtime_checkable
@@ -102,7 +105,10 @@ class Storage(Notifier, Protocol):
         """Store a batch atomically and return the stored jobs in request order.
 
         A job whose ``key`` already exists in its project is not stored again: the existing job
-        is returned in its place. Raises :class:`~taskforge_core.errors.DependencyError` for an
+        is returned in its place. A backend declaring ``TRANSACTIONAL_ENQUEUE`` also takes a
+        keyword ``transaction`` (a connection of its driver) to write inside the caller's own
+        transaction; the core passes it only to such backends. Raises
+        :class:`~taskforge_core.errors.DependencyError` for an
         unknown parent or a cycle, :class:`~taskforge_core.errors.QueueError` for an unknown
         queue when queues are not created on demand; then nothing is written.
         """

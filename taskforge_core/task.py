@@ -64,6 +64,9 @@ class TaskOptions:
     headers: Mapping[str, str] = attrs.field(factory=dict)
     max_attempts: int | None = None
     timeout: float | None = None
+    #: The application's own connection/transaction to enqueue in (backends declaring
+    #: ``Capability.TRANSACTIONAL_ENQUEUE``, e.g. an asyncpg connection for PostgreSQL).
+    transaction: Any = attrs.field(default=None, eq=False)
 
     def scheduled_for(self, now: dt.datetime) -> dt.datetime | None:
         """When the job becomes runnable, validated; None means now."""
@@ -181,7 +184,9 @@ class Task(Generic[P, R]):
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         """Store one job and return its handle once it is durable."""
-        (handle,) = await self.app.enqueue_jobs([self.build(args, kwargs)])
+        (handle,) = await self.app.enqueue_jobs(
+            [self.build(args, kwargs)], transaction=self._options.transaction
+        )
         return handle
 
     async def enqueue_many(
@@ -192,7 +197,9 @@ class Task(Generic[P, R]):
         Each item is a tuple of positional arguments, a dict of keyword arguments, or a
         :class:`Call` with both.
         """
-        return await self.app.enqueue_jobs([self.build(*_split(call)) for call in calls])
+        return await self.app.enqueue_jobs(
+            [self.build(*_split(call)) for call in calls], transaction=self._options.transaction
+        )
 
     def enqueue_sync(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         """:meth:`enqueue` for synchronous code (Django views, Flask handlers, scripts)."""

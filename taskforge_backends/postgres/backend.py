@@ -494,6 +494,7 @@ class PostgresStorage:
             Capability.CROSS_PROCESS_WAKEUP,
             Capability.MULTI_PROCESS,
             Capability.DURABLE,
+            Capability.TRANSACTIONAL_ENQUEUE,
         }
         if not self._server_clock:
             capabilities.add(Capability.INJECTABLE_CLOCK)

@@ -1880,3 +1880,30 @@ async def test_history_outside_every_partition_waits_in_the_default_one_until_it
         assert [entry.message for entry in await storage.list_logs(job.id)] == ["hi"]
         ack = await storage.complete([Completion(job_id=job.id, execution_id=held.execution_id)])
         assert ack.accepted == (job.id,)
+
+
+@pytest.mark.anyio
+async def test_task_options_transaction_enqueues_in_the_applications_transaction(
+    url: str,
+) -> None:
+    from taskforge_core import TaskForge
+
+    app = TaskForge(url)
+
+    @app.task(name="send")
+    async def send(to: str) -> None: ...
+
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():
+            kept = await send.options(transaction=conn).enqueue("a@example.com")
+        tx = conn.transaction()
+        await tx.start()
+        dropped = await send.options(transaction=conn).enqueue_many([("b@example.com",)])
+        await tx.rollback()
+        assert (await app.get_job(kept.id)).status is JobStatus.PENDING
+        storage = await app.storage()
+        assert await storage.get_jobs([dropped[0].id], app.project) == []
+    finally:
+        await conn.close()
+        await app.close()

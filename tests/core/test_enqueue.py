@@ -227,3 +227,9 @@ async def test_a_failing_enqueue_hook_does_not_fail_a_stored_enqueue(
     handle = await app.tasks["add"].enqueue(1)
     assert (await app.get_job(handle.id)).status is JobStatus.PENDING
     assert "taskforge_jobs_enqueued hook failed" in caplog.text
+
+
+async def test_a_transaction_on_a_backend_without_one_is_refused(app: TaskForge) -> None:
+    with pytest.raises(ConfigurationError, match=r"sqlite:// backend cannot enqueue inside"):
+        await app.tasks["add"].options(transaction=object()).enqueue(1)
+    assert await count_jobs(app) == 0
