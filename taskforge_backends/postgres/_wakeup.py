@@ -105,6 +105,10 @@ class Listener:
             if conn is not None:
                 conn.terminate()
             return
+        except BaseException:  # cancelled: never leave a connection behind
+            if conn is not None:
+                conn.terminate()
+            raise
         finally:
             self._task = None
         if self._closed:
@@ -119,9 +123,14 @@ class Listener:
         task, self._task = self._task, None
         self.wake()
         if task is not None:
-            task.cancel()
+            # Let a connection attempt under way finish (it sees _closed and terminates what it
+            # made): cancelling asyncpg.connect midway can leave its socket open.
             with anyio.move_on_after(5, shield=True):
                 await asyncio.wait([task])
+            if not task.done():
+                task.cancel()
+                with anyio.move_on_after(5, shield=True):
+                    await asyncio.wait([task])
         if conn is not None and not conn.is_closed():
             with anyio.move_on_after(5, shield=True):
                 try:

@@ -1182,6 +1182,7 @@ def test_an_injected_clock_is_declared_and_the_system_clock_means_the_servers() 
     common = {
         Capability.MULTI_PROCESS,
         Capability.DURABLE,
+        Capability.TRANSACTIONAL_ENQUEUE,
         Capability.LOCAL_WAKEUP,
         Capability.CROSS_PROCESS_WAKEUP,
     }
