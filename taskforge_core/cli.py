@@ -260,11 +260,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         level=args.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     )
     app = load_app(args.app)
-    queues = (
-        dict(args.queues)
-        if args.queues
-        else dict.fromkeys(sorted({t.queue for t in app.tasks.values()} or {"default"}), 1)
-    )
+    queues = dict(args.queues) if args.queues else None  # None: every queue of APP's tasks
     worker = Worker(
         app,
         queues,

@@ -74,6 +74,7 @@ from taskforge_core.errors import (
 from taskforge_core.ids import uuid7
 from taskforge_core.middleware import run_with_middleware
 from taskforge_core.models import (
+    DEFAULT_QUEUE,
     AckResult,
     ClaimedJob,
     ClaimRequest,
@@ -209,6 +210,7 @@ class Worker:
 
     :param queues: queue names (equal weights), or ``{name: weight}``: when several queues
         have work, a queue of weight 3 gets three claims for each one of a queue of weight 1.
+        Default: every queue used by the app's tasks (``default`` if it has none).
     :param concurrency: jobs run at once (async and sync together).
     :param batch_size: most jobs taken in one claim (default: ``concurrency``).
     :param lease: seconds a claim holds a job without a heartbeat; a worker that dies releases
@@ -230,7 +232,7 @@ class Worker:
     def __init__(
         self,
         app: TaskForge,
-        queues: Mapping[str, int] | Sequence[str] = ("default",),
+        queues: Mapping[str, int] | Sequence[str] | None = None,
         *,
         concurrency: int = 10,
         batch_size: int | None = None,
@@ -245,6 +247,8 @@ class Worker:
     ) -> None:
         self.app = app
         #: Queue name -> weight.
+        if queues is None:  # every queue the app's tasks use, equally weighted
+            queues = sorted({task.queue for task in app.tasks.values()} or {DEFAULT_QUEUE})
         self.queues: dict[str, int] = _queue_weights(queues)
         self.concurrency = _count("concurrency", concurrency)
         self.batch_size = _count("batch_size", concurrency if batch_size is None else batch_size)

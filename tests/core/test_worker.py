@@ -730,3 +730,16 @@ async def test_a_worker_waits_for_an_unreachable_store_instead_of_exiting(
     await run_until_idle(make_worker(app))
     assert failures == []
     assert await job.wait(5) == "pong"
+
+
+async def test_a_worker_serves_every_queue_of_the_apps_tasks_by_default(app: TaskForge) -> None:
+    @app.task(name="mail", queue="emails")
+    async def mail() -> None: ...
+
+    @app.task(name="report", queue="reports")
+    async def report() -> None: ...
+
+    assert Worker(app).queues == {"emails": 1, "reports": 1}
+    jobs = [await mail.enqueue(), await report.enqueue()]
+    await run_until_idle(Worker(app, poll_interval=0.05))
+    assert [await job.wait(5) for job in jobs] == [None, None]
