@@ -300,6 +300,8 @@ class Worker:
         self._storage: Storage | None = None
         self._limiter: RateLimiter | None = None
         self._middleware: list[ExecutionMiddleware] = []
+        #: Rate-limit key -> the latest time a refused job of that key was given back for.
+        self._deferred_until: dict[str, dt.datetime] = {}
         self._thread_limiter: anyio.CapacityLimiter | None = None
 
     def __repr__(self) -> str:
@@ -655,11 +657,19 @@ class Worker:
             if admission.allowed:
                 return None
             retry_after = max(0.0, admission.retry_after)
-        logger.debug("job %s (%s) rate limited, again in %.3f s", job.id, job.task, retry_after)
+        # Jobs refused together would all come back at the same instant and all but one be
+        # refused again: give each its own slot, one emission interval after the last one.
+        now = self.app.clock.now()
+        run_at = now + dt.timedelta(seconds=retry_after)
+        last = self._deferred_until.get(key)
+        if last is not None and last >= run_at:
+            run_at = last + dt.timedelta(seconds=task.rate_limit.period / task.rate_limit.count)
+        self._deferred_until[key] = run_at
+        logger.debug("job %s (%s) rate limited, again at %s", job.id, job.task, run_at)
         report = RetryRequest(
             job_id=job.id,
             execution_id=entry.claimed.execution_id,
-            run_at=self.app.clock.now() + dt.timedelta(seconds=retry_after),
+            run_at=run_at,
             error=None,
             consume_attempt=False,
         )

@@ -743,3 +743,16 @@ async def test_a_worker_serves_every_queue_of_the_apps_tasks_by_default(app: Tas
     jobs = [await mail.enqueue(), await report.enqueue()]
     await run_until_idle(Worker(app, poll_interval=0.05))
     assert [await job.wait(5) for job in jobs] == [None, None]
+
+
+async def test_jobs_refused_by_the_rate_limit_come_back_spread_out(app: TaskForge) -> None:
+    @app.task(name="limited", rate_limit="50/s")
+    async def limited(n: int) -> int:
+        return n
+
+    jobs = await limited.enqueue_many([(n,) for n in range(50)])
+    stats = await run_until_idle(make_worker(app, concurrency=25))
+    assert [await job.wait(5) for job in jobs] == list(range(50))
+    # Each refused job gets its own later slot, so a job is refused a few times at most (jobs
+    # due together are claimed together): without slots this run saw ~25 refusals per job.
+    assert stats.deferred <= 5 * len(jobs)
