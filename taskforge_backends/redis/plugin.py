@@ -1,0 +1,48 @@
+"""The Redis plugin object, and the entry-point hook that enables it from the environment.
+
+Kept light: loading plugins imports this module in every TaskForge process, so ``redis`` is
+imported only by the components, when a worker first uses them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from taskforge_backends.redis._settings import DEFAULT_PREFIX, RedisSettings
+from taskforge_core.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from taskforge_core.app import TaskForge
+
+__all__ = ["ENV_PREFIX", "ENV_URL", "RedisPlugin", "taskforge_app_created"]
+
+#: Setting this enables the Redis plugins for every app that has not registered one by hand.
+ENV_URL = "TASKFORGE_REDIS_URL"
+#: Optional key prefix for the plugins enabled through :data:`ENV_URL`.
+ENV_PREFIX = "TASKFORGE_REDIS_PREFIX"
+
+
+class RedisPlugin:
+    """Fleet-wide scheduling, rate limiting and events through one Redis.
+
+    ``TaskForge(url, plugins=[RedisPlugin("redis://127.0.0.1:6379/0")])``. Its hooks answer
+    before the core's in-process fallbacks.
+    """
+
+    def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX) -> None:
+        self.settings = RedisSettings(url=url, prefix=prefix)
+
+    def __repr__(self) -> str:
+        return f"<RedisPlugin {self.settings.url} prefix={self.settings.prefix!r}>"
+
+
+@hookimpl
+def taskforge_app_created(app: TaskForge) -> None:
+    """Register a :class:`RedisPlugin` when ``TASKFORGE_REDIS_URL`` is set and the app has none."""
+    url = os.environ.get(ENV_URL)
+    if not url:
+        return
+    if any(isinstance(p, RedisPlugin) for p in app.plugins.get_plugins()):
+        return
+    app.plugins.register(RedisPlugin(url, prefix=os.environ.get(ENV_PREFIX) or DEFAULT_PREFIX))
