@@ -36,6 +36,7 @@ from taskforge_core.hookspecs import hookimpl
 from taskforge_core.models import ErrorInfo, Job, NewJob
 from taskforge_core.protocols import Capability, Storage
 from taskforge_core.ratelimit import RateLimit
+from taskforge_core.retention import PruneReport, RetentionPolicy
 from taskforge_core.retry import NO_RETRY, Retry, RetryLater
 from taskforge_core.states import JobStatus
 from taskforge_core.task import Call, Task
@@ -66,8 +67,10 @@ __all__ = [
     "MissingExtraError",
     "NewJob",
     "PayloadTooLargeError",
+    "PruneReport",
     "QueueError",
     "RateLimit",
+    "RetentionPolicy",
     "Retry",
     "RetryLater",
     "SerializationError",

@@ -23,6 +23,7 @@ from taskforge_core.models import DEFAULT_PROJECT, DEFAULT_QUEUE, Job, JobFilter
 from taskforge_core.plugins import create_plugin_manager
 from taskforge_core.protocols import Capability
 from taskforge_core.ratelimit import RateLimit
+from taskforge_core.retention import Prunable, PruneReport, RetentionPolicy
 from taskforge_core.retry import Retry
 from taskforge_core.scheduler import PeriodicEntry
 from taskforge_core.states import JobStatus
@@ -268,6 +269,17 @@ class TaskForge:
                 attrs.evolve(self._backend_config, auto_migrate=False)
             )
         return await storage.migrate()
+
+    async def prune(self, policy: RetentionPolicy | None = None) -> PruneReport:
+        """Delete old finished jobs and history by ``policy`` (default :class:`RetentionPolicy`),
+        in every project of the store. Workers do this every hour by themselves.
+
+        Raises :class:`ConfigurationError` when the backend cannot prune.
+        """
+        storage = await self.storage()
+        if Capability.PRUNE not in storage.capabilities or not isinstance(storage, Prunable):
+            raise ConfigurationError(f"the storage behind {self.url} cannot prune old jobs")
+        return await storage.prune(policy)
 
     # -- calling from synchronous code ---------------------------------------------------
 

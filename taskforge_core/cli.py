@@ -7,9 +7,11 @@ Exit codes: 0 success, 1 the operation failed (a job not found, storage unreacha
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import importlib
 import json
 import logging
+import math
 import os
 import sys
 import uuid
@@ -21,6 +23,7 @@ import anyio
 from taskforge_core.app import DEFAULT_URL, TaskForge
 from taskforge_core.errors import ConfigurationError, InvalidJobError, TaskForgeError
 from taskforge_core.models import Job
+from taskforge_core.retention import RetentionPolicy, describe
 from taskforge_core.serialization import converter
 from taskforge_core.states import JobStatus
 
@@ -77,6 +80,25 @@ def _status(text: str) -> JobStatus:
     except ValueError:
         known = ", ".join(s.value for s in JobStatus)
         raise argparse.ArgumentTypeError(f"unknown status {text!r} (one of: {known})") from None
+
+
+_AGE_UNITS = {"m": 60, "h": 3600, "d": 86400}
+
+
+def _age(text: str) -> dt.timedelta | None:
+    """``never`` -> None (keep forever); ``90m``, ``36h``, ``7d`` -> a timedelta."""
+    if text.strip().lower() == "never":
+        return None
+    number, unit = text.strip()[:-1], text.strip()[-1:].lower()
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in _AGE_UNITS or not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected an age such as 90m, 36h or 7d, or 'never', got {text!r}"
+        )
+    return dt.timedelta(seconds=value * _AGE_UNITS[unit])
 
 
 def _job_id(text: str) -> uuid.UUID:
@@ -189,6 +211,26 @@ def build_parser() -> argparse.ArgumentParser:
     queues.add_argument("--json", action="store_true")
 
     commands.add_parser("migrate", help="apply pending schema migrations")
+
+    prune = commands.add_parser(
+        "prune", help="delete old finished jobs and history now (workers also do it hourly)"
+    )
+    defaults = RetentionPolicy()
+    for field, help_text in (
+        ("succeeded", "delete succeeded jobs older than this"),
+        ("failed", "delete failed jobs (the dead-letter queue) older than this"),
+        ("cancelled", "delete cancelled jobs older than this"),
+        ("history", "delete attempts and log lines older than this"),
+    ):
+        default = getattr(defaults, field)
+        shown = "never" if default is None else f"{default.days}d"
+        prune.add_argument(
+            f"--{field}",
+            type=_age,
+            default=default,
+            metavar="AGE",
+            help=f"{help_text}: 36h, 7d, or 'never' (default {shown})",
+        )
 
     demo = commands.add_parser("demo", help="run the demo on a fresh SQLite database")
     demo.add_argument("--jobs", type=_positive_int, default=10_000, help="jobs to enqueue")
@@ -428,6 +470,19 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_prune(args: argparse.Namespace) -> int:
+    policy = RetentionPolicy(
+        succeeded=args.succeeded, failed=args.failed, cancelled=args.cancelled, history=args.history
+    )
+    app = _app_for(args)
+    try:
+        report = await app.prune(policy)
+    finally:
+        await app.close()
+    print(f"pruned: {describe(report)}")
+    return 0
+
+
 async def cmd_demo(args: argparse.Namespace) -> int:
     from taskforge_core.demo import run_demo
 
@@ -442,6 +497,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "dlq": cmd_dlq,
     "queues": cmd_queues,
     "migrate": cmd_migrate,
+    "prune": cmd_prune,
     "demo": cmd_demo,
 }
 

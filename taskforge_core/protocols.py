@@ -67,6 +67,9 @@ class Capability(enum.StrEnum):
     #: ``enqueue(jobs, transaction=conn)`` writes inside the application's own transaction,
     #: so the jobs exist only if it commits.
     TRANSACTIONAL_ENQUEUE = "transactional_enqueue"
+    #: The storage is :class:`~taskforge_core.retention.Prunable`: ``prune(policy)`` deletes
+    #: old finished jobs and history; workers call it every ``prune_every`` seconds.
+    PRUNE = "prune"
 
 
 @runtime_checkable

@@ -54,7 +54,7 @@ import traceback
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import anyio
 import anyio.lowlevel
@@ -90,7 +90,9 @@ from taskforge_core.models import (
     WorkerInfo,
     WorkerStatus,
 )
+from taskforge_core.protocols import Capability
 from taskforge_core.ratelimit import rate_limit_key
+from taskforge_core.retention import Prunable, RetentionPolicy, prune_periodically
 from taskforge_core.serialization import encode
 from taskforge_core.states import ExecutionStatus, JobStatus
 
@@ -116,6 +118,8 @@ ACK_TIMEOUT = 30.0
 ACK_RETRY_DELAY = 0.5
 #: Log lines kept for a later try while storage refuses them; older ones are dropped.
 MAX_BUFFERED_LOGS = 100_000
+#: Default seconds between two runs of the retention policy by one worker.
+DEFAULT_PRUNE_EVERY = 3600.0
 #: How many scheduled jobs ``stop_when_idle`` inspects per queue before assuming one is due.
 IDLE_SCAN_LIMIT = 10_000
 #: ``stop_when_idle`` waits for scheduled jobs (retries, deferrals, short delays) due within
@@ -225,6 +229,9 @@ class Worker:
         ``concurrency``).
     :param name: a readable name for the worker registry (default ``host:pid``).
     :param run_scheduler: also fire the app's ``@app.periodic`` entries.
+    :param prune_every: seconds between runs of the retention policy on backends that can
+        prune (:class:`~taskforge_core.protocols.Capability` ``PRUNE``); None never prunes.
+    :param retention: what pruning deletes (default: :class:`RetentionPolicy` ()).
 
     A worker runs once: after :meth:`run` returns, make a new one.
     """
@@ -244,6 +251,8 @@ class Worker:
         threads: int | None = None,
         name: str | None = None,
         run_scheduler: bool = True,
+        prune_every: float | None = DEFAULT_PRUNE_EVERY,
+        retention: RetentionPolicy | None = None,
     ) -> None:
         self.app = app
         #: Queue name -> weight.
@@ -274,6 +283,10 @@ class Worker:
         self.id: uuid.UUID = uuid7()
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.run_scheduler = bool(run_scheduler)
+        self.prune_every = None if prune_every is None else _seconds("prune_every", prune_every)
+        if retention is not None and not isinstance(retention, RetentionPolicy):
+            raise ConfigurationError(f"retention must be a RetentionPolicy, got {retention!r}")
+        self.retention = retention or RetentionPolicy()
 
         self._wrr = _WeightedRoundRobin(self.queues)
         self._stats = WorkerStats()
@@ -406,6 +419,15 @@ class Worker:
                     await tg.start(self._watch_signals, name="taskforge signals")
                 if self.run_scheduler and self.app.periodic_entries:
                     self._start_scheduler(tg)
+                if self.prune_every is not None and self._can_prune(storage):
+                    tg.start_soon(
+                        prune_periodically,
+                        storage,
+                        self.retention,
+                        self.prune_every,
+                        self.app.clock,
+                        name="taskforge pruner",
+                    )
                 _call_hook(self.app.plugins.hook.taskforge_worker_started, worker=self)
                 task_status.started()
                 await self._claim_loop(stop_when_idle)
@@ -1032,6 +1054,10 @@ class Worker:
             logger.warning("could not record that worker %s stopped: %s", self.name, exc)
 
     # -- helpers ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _can_prune(storage: Storage) -> TypeGuard[Prunable]:
+        return Capability.PRUNE in storage.capabilities and isinstance(storage, Prunable)
 
     def _require_storage(self) -> Storage:
         assert self._storage is not None, "the worker is not running"

@@ -56,6 +56,7 @@ from taskforge_core.models import (
     WorkerStatus,
 )
 from taskforge_core.protocols import Capability, Storage
+from taskforge_core.retention import Prunable, RetentionPolicy
 from taskforge_core.states import ExecutionStatus, JobStatus
 
 __all__ = ["StorageConformance", "scenario"]
@@ -814,6 +815,49 @@ class StorageConformance:
         assert done.id not in remaining
         assert {needed.id, waiting.id, child.id, blocker.id, grandchild.id} <= set(remaining)
         assert await env.storage.list_executions(done.id) == []
+
+    @scenario(Capability.PRUNE, Capability.INJECTABLE_CLOCK)
+    async def test_prune_deletes_what_the_retention_policy_lets_go(self, env: Env) -> None:
+        """Finished jobs older than their status's age go; younger ones, the dead-letter queue
+        (kept by default), active jobs and parents of active jobs stay."""
+        storage = env.storage
+        assert isinstance(storage, Prunable), "declares Capability.PRUNE but has no prune()"
+        old_done, old_dead, old_parent = new_job(queue="p"), new_job(queue="p"), new_job(queue="p")
+        child = new_job(queue="c", depends_on=(old_parent.id,))
+        blocker = new_job(queue="b")
+        waiting = new_job(queue="c", depends_on=(child.id, blocker.id))
+        await env.enqueue(old_done, old_dead, old_parent, child, blocker, waiting)
+        claimed = {c.job.id: c for c in await env.claim("p")}
+        await env.complete(claimed[old_done.id])
+        await env.complete(claimed[old_parent.id])
+        dead = claimed[old_dead.id]
+        failure = Failure(job_id=old_dead.id, execution_id=dead.execution_id, error=BOOM)
+        assert (await storage.fail([failure])).accepted == (old_dead.id,)
+        env.clock.advance(10 * 86400)
+        (young,) = await env.enqueue(new_job(queue="y"))
+        await env.run_to_success(young.id, "y")
+
+        report = await storage.prune(
+            RetentionPolicy(succeeded=dt.timedelta(days=7), history=dt.timedelta(days=30))
+        )
+
+        assert report.purged.get(_OK) == 1, report
+        assert _F not in report.purged, "failed=None keeps the dead-letter queue"
+        remaining = set(await env.all_ids())
+        assert old_done.id not in remaining
+        assert {old_dead.id, old_parent.id, child.id, blocker.id, waiting.id} <= remaining
+        assert young.id in remaining
+        assert await storage.list_executions(old_done.id) == []
+        assert len(await storage.list_executions(young.id)) == 1
+
+        env.clock.advance(40 * 86400)
+        await storage.prune(RetentionPolicy(succeeded=None, cancelled=None, history=None))
+        assert len(await storage.list_executions(young.id)) == 1, "history=None keeps history"
+        await storage.prune(RetentionPolicy(succeeded=None, cancelled=None))
+        assert await storage.list_executions(young.id) == [], "30-day history was kept"
+        assert young.id in set(await env.all_ids()), "succeeded=None keeps the job"
+        again = await storage.prune(RetentionPolicy(succeeded=None, cancelled=None))
+        assert not again.purged.get(_OK), again
 
     # =====================================================================================
     # Workers and history

@@ -16,9 +16,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from taskforge_backends.postgres.backend import PostgresStorage, PruneReport, RetentionPolicy
+    from taskforge_backends.postgres.backend import PostgresStorage
 
-__all__ = ["PostgresStorage", "PruneReport", "RetentionPolicy"]
+__all__ = ["PostgresStorage"]
 
 
 def __getattr__(name: str) -> Any:

@@ -99,10 +99,11 @@ from taskforge_core.models import (
     WorkerStatus,
 )
 from taskforge_core.protocols import Capability
+from taskforge_core.retention import PruneReport, RetentionPolicy
 from taskforge_core.serialization import decode, encode
 from taskforge_core.states import ExecutionStatus, JobStatus, check_transition
 
-__all__ = ["PostgresStorage", "PruneReport", "RetentionPolicy", "create"]
+__all__ = ["PostgresStorage", "create"]
 
 T = TypeVar("T")
 Connection = Any  # asyncpg.Connection (asyncpg ships no type information)
@@ -135,36 +136,6 @@ _Q = _sql.queries()
 def create(url: str, config: BackendConfig) -> PostgresStorage:
     """The backend factory named by the plugin: build (do not open) a storage for ``url``."""
     return PostgresStorage(url, config)
-
-
-@attrs.frozen(kw_only=True)
-class RetentionPolicy:
-    """What :meth:`PostgresStorage.prune` keeps. None keeps forever."""
-
-    #: Execution and log history: daily partitions that ended longer ago are dropped.
-    history: dt.timedelta | None = dt.timedelta(days=30)
-    #: Succeeded jobs last updated longer ago are purged (with their history).
-    succeeded: dt.timedelta | None = dt.timedelta(days=7)
-    #: Failed jobs (the dead-letter queue) last updated longer ago are purged.
-    failed: dt.timedelta | None = None
-    #: Cancelled jobs last updated longer ago are purged.
-    cancelled: dt.timedelta | None = dt.timedelta(days=7)
-    #: Daily history partitions created ahead of today.
-    partitions_ahead: int = 7
-
-
-@attrs.frozen(kw_only=True)
-class PruneReport:
-    """What :meth:`PostgresStorage.prune` did."""
-
-    #: History partitions created, by table name.
-    created: tuple[str, ...] = ()
-    #: History partitions dropped, by table name.
-    dropped: tuple[str, ...] = ()
-    #: Partitions left alone because they could not be locked quickly (tried next time).
-    skipped: tuple[str, ...] = ()
-    #: Finished jobs purged, by status.
-    purged: Mapping[JobStatus, int] = attrs.field(factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,6 +466,7 @@ class PostgresStorage:
             Capability.MULTI_PROCESS,
             Capability.DURABLE,
             Capability.TRANSACTIONAL_ENQUEUE,
+            Capability.PRUNE,
         }
         if not self._server_clock:
             capabilities.add(Capability.INJECTABLE_CLOCK)
@@ -718,8 +690,6 @@ class PostgresStorage:
         (succeeded and cancelled after 7 days, failed never, by default). Safe to run from
         several processes at once and while workers run; meant to run every hour or so."""
         policy = policy if policy is not None else RetentionPolicy()
-        if policy.partitions_ahead < 0:
-            raise ConfigurationError("partitions_ahead must be >= 0")
         now = self._now()
 
         async def maintain(conn: Connection) -> list[tuple[str, str]]:
@@ -727,9 +697,7 @@ class PostgresStorage:
 
         actions = await self._run(maintain)
         purged: dict[JobStatus, int] = {}
-        for status, age in ((_OK, policy.succeeded), (_F, policy.failed), (_C, policy.cancelled)):
-            if age is None:
-                continue
+        for status, age in policy.ages().items():
             total = 0
             while True:
                 (row,) = await self._fetch(

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import math
 import sqlite3
@@ -76,6 +77,7 @@ from taskforge_core.models import (
     WorkerStatus,
 )
 from taskforge_core.protocols import Capability
+from taskforge_core.retention import PruneReport, RetentionPolicy
 from taskforge_core.serialization import decode, encode
 from taskforge_core.states import ExecutionStatus, JobStatus, check_transition
 
@@ -101,6 +103,8 @@ MIN_SQLITE_VERSION = (3, 35, 0)
 
 # SQLite primary result codes that mean "try again later" rather than "this is broken".
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CANTOPEN = 5, 6, 14
+#: Rows :meth:`SQLiteStorage.prune` deletes per write transaction.
+PRUNE_BATCH = 2000
 
 _Mode = Literal["write", "read", "none"]
 
@@ -410,6 +414,50 @@ def _filter_sql(selection: JobFilter, project_id: str) -> tuple[str, list[Any]]:
         clauses.append("j.updated_at < ?")
         params.append(_micros(selection.updated_before, "JobFilter.updated_before"))
     return " AND ".join(clauses), params
+
+
+def _delete_final_jobs(
+    conn: sqlite3.Connection, where: str, params: list[Any], limit: int = -1
+) -> int:
+    """Delete the finished jobs matching ``where`` (on alias ``j``) that no active job depends
+    on, at most ``limit`` of them (-1: all); their history goes with them (ON DELETE CASCADE)."""
+    cursor = conn.execute(
+        f"""
+        DELETE FROM jobs WHERE id IN (
+            SELECT j.id FROM jobs j
+            WHERE {where} AND j.status IN {_FINAL_SQL}
+              AND NOT EXISTS (
+                  SELECT 1 FROM job_dependencies d JOIN jobs c ON c.id = d.job_id
+                  WHERE d.parent_id = j.id AND c.status IN {_ACTIVE_SQL})
+            LIMIT ?
+        )
+        """,
+        [*params, limit],
+    )
+    return int(cursor.rowcount)
+
+
+def _delete_rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int:
+    return int(conn.execute(sql, params).rowcount)
+
+
+def _age_micros(age: dt.timedelta) -> int:
+    return age // dt.timedelta(microseconds=1)
+
+
+#: History older than a cutoff ($1), PRUNE_BATCH ($2) rows at a time. An attempt still running
+#: (``finished_at`` unset) is kept whatever its age: its worker will report on it.
+_PRUNE_HISTORY = (
+    """
+    DELETE FROM execution_logs WHERE id IN (
+        SELECT id FROM execution_logs WHERE at < ? LIMIT ?)
+    """,
+    """
+    DELETE FROM job_executions WHERE id IN (
+        SELECT id FROM job_executions
+        WHERE started_at < ? AND finished_at IS NOT NULL LIMIT ?)
+    """,
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -735,7 +783,7 @@ class SQLiteStorage:
         self._hub = hub_for(None if in_memory else self._settings.path)
         # Execution ids made by ``taskforge_uuid7()`` during the claim in progress (see _mint).
         self._minted: dict[str, uuid.UUID] = {}
-        capabilities = {Capability.LOCAL_WAKEUP, Capability.INJECTABLE_CLOCK}
+        capabilities = {Capability.LOCAL_WAKEUP, Capability.INJECTABLE_CLOCK, Capability.PRUNE}
         if not in_memory:
             capabilities |= {
                 Capability.CROSS_PROCESS_WAKEUP,
@@ -1450,21 +1498,43 @@ class SQLiteStorage:
             if project_id is None:
                 return 0
             where, params = _filter_sql(selection, project_id)
-            cursor = conn.execute(
-                f"""
-                DELETE FROM jobs WHERE id IN (
-                    SELECT j.id FROM jobs j
-                    WHERE {where} AND j.status IN {_FINAL_SQL}
-                      AND NOT EXISTS (
-                          SELECT 1 FROM job_dependencies d JOIN jobs c ON c.id = d.job_id
-                          WHERE d.parent_id = j.id AND c.status IN {_ACTIVE_SQL})
-                )
-                """,
-                params,
-            )
-            return int(cursor.rowcount)
+            return _delete_final_jobs(conn, where, params)
 
         return await self._run(run)
+
+    async def prune(self, policy: RetentionPolicy | None = None) -> PruneReport:
+        """Apply a retention policy to every project: delete finished jobs older than their
+        status's age and history (attempts, log lines) older than ``policy.history``.
+
+        Deletes in batches of :data:`PRUNE_BATCH` rows, one short write transaction each, so
+        workers sharing the file are never locked out for long.
+        """
+        policy = policy if policy is not None else RetentionPolicy()
+        now = self._now()
+        purged: dict[JobStatus, int] = {}
+        for status, age in policy.ages().items():
+            where = "j.status = ? AND j.updated_at < ?"
+            params = [status.value, now - _age_micros(age)]
+            purged[status] = await self._in_batches(
+                functools.partial(_delete_final_jobs, where=where, params=params, limit=PRUNE_BATCH)
+            )
+        history_rows = 0
+        if policy.history is not None:
+            cutoff = now - _age_micros(policy.history)
+            for statement in _PRUNE_HISTORY:
+                history_rows += await self._in_batches(
+                    functools.partial(_delete_rows, sql=statement, params=(cutoff, PRUNE_BATCH))
+                )
+        return PruneReport(purged=purged, history_rows=history_rows)
+
+    async def _in_batches(self, delete: Callable[[sqlite3.Connection], int]) -> int:
+        """Run ``delete`` (which removes at most PRUNE_BATCH rows) until it removes fewer."""
+        total = 0
+        while True:
+            deleted = await self._run(delete)
+            total += deleted
+            if deleted < PRUNE_BATCH:
+                return total
 
     # -- reading jobs ------------------------------------------------------------------------
 

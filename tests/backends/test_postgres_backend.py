@@ -27,7 +27,7 @@ import asyncpg
 import pluggy
 import pytest
 
-from taskforge_backends.postgres import PostgresStorage, RetentionPolicy
+from taskforge_backends.postgres import PostgresStorage
 from taskforge_backends.postgres._migrations import apply_migrations, available_migrations
 from taskforge_backends.postgres._url import parse_url
 from taskforge_core import hookspecs
@@ -60,6 +60,7 @@ from taskforge_core.models import (
     WorkerStatus,
 )
 from taskforge_core.protocols import Capability, Storage
+from taskforge_core.retention import RetentionPolicy
 from taskforge_core.states import ExecutionStatus, JobStatus
 
 WORKER = uuid.UUID("00000000-0000-7000-8000-00000000000a")

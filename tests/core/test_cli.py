@@ -117,6 +117,23 @@ def test_migrate_reports_when_the_schema_is_current(
     assert run(capsys, "migrate")[1].strip() == "schema is up to date"
 
 
+def test_prune_deletes_finished_jobs_older_than_asked_and_keeps_the_rest(
+    app_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    done = run(capsys, "enqueue", app_path, "add", "--args", "[1]")[1].strip()
+    dead = run(capsys, "enqueue", app_path, "boom")[1].strip()
+    run(capsys, "worker", app_path, "--burst", "--poll-interval", "0.05")
+    waiting = run(capsys, "enqueue", app_path, "add", "--args", "[2]")[1].strip()
+    code, out, _ = run(capsys, "prune")
+    assert (code, out.strip()) == (0, "pruned: nothing to delete")  # nothing is 7 days old
+    code, out, _ = run(capsys, "prune", "--succeeded", "0m", "--history", "never")
+    assert (code, out.strip()) == (0, "pruned: 1 succeeded jobs")
+    listed = run(capsys, "jobs", "list")[1]
+    assert done not in listed
+    assert dead in listed, "the dead-letter queue is kept unless --failed is given"
+    assert waiting in listed, "active jobs are never pruned"
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -132,6 +149,8 @@ def test_migrate_reports_when_the_schema_is_current(
         (["dlq", "replay"], "give job ids, or --all"),
         (["--url", "mysql://db", "queues"], "no installed backend handles mysql://"),
         (["frobnicate"], "invalid choice"),
+        (["prune", "--succeeded", "7 days"], "expected an age such as 90m, 36h or 7d"),
+        (["prune", "--history=-1d"], "expected an age"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_clear_message(

@@ -18,6 +18,7 @@ from taskforge_core import (
     FakeClock,
     JobStatus,
     NewJob,
+    RetentionPolicy,
     Retry,
     RetryLater,
     StorageError,
@@ -756,3 +757,46 @@ async def test_jobs_refused_by_the_rate_limit_come_back_spread_out(app: TaskForg
     # Each refused job gets its own later slot, so a job is refused a few times at most (jobs
     # due together are claimed together): without slots this run saw ~25 refusals per job.
     assert stats.deferred <= 5 * len(jobs)
+
+
+async def test_the_worker_prunes_old_finished_jobs_by_its_retention_policy(app: TaskForge) -> None:
+    @app.task(name="noop")
+    async def noop() -> None: ...
+
+    first = await noop.enqueue()
+    await run_until_idle(make_worker(app, prune_every=None))
+    assert (await app.get_job(first.id)).status is JobStatus.SUCCEEDED
+    keep = await noop.options(delay=3600).enqueue()
+    policy = RetentionPolicy(succeeded=dt.timedelta(0), history=None)
+    async with running(make_worker(app, prune_every=0.05, retention=policy)):
+        with anyio.fail_after(10):
+            while True:
+                if first.id not in {job.id for job in (await app.list_jobs()).items}:
+                    break
+                await anyio.sleep(0.05)
+    assert {job.id for job in (await app.list_jobs()).items} == {keep.id}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"prune_every": 0}, "prune_every"),
+        ({"prune_every": -1.0}, "prune_every"),
+        ({"retention": {"succeeded": 7}}, "retention must be a RetentionPolicy"),
+    ],
+)
+def test_bad_pruning_options_are_refused(
+    tmp_path: pathlib.Path, options: dict[str, Any], message: str
+) -> None:
+    app = TaskForge(db_url(tmp_path))
+    with pytest.raises(ConfigurationError, match=message):
+        Worker(app, **options)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"succeeded": dt.timedelta(days=-1)}, {"history": 30}, {"partitions_ahead": -1}],
+)
+def test_a_bad_retention_policy_is_refused(fields: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError, match="RetentionPolicy"):
+        RetentionPolicy(**fields)
