@@ -35,7 +35,7 @@ from taskforge_core.handle import JobHandle
 from taskforge_core.hookspecs import hookimpl
 from taskforge_core.models import ErrorInfo, Job, NewJob
 from taskforge_core.protocols import Capability, Storage
-from taskforge_core.ratelimit import RateLimit
+from taskforge_core.ratelimit import RateLimit, RateLimits
 from taskforge_core.retry import NO_RETRY, Retry, RetryLater
 from taskforge_core.states import JobStatus
 from taskforge_core.task import Call, Task
@@ -68,6 +68,7 @@ __all__ = [
     "PayloadTooLargeError",
     "QueueError",
     "RateLimit",
+    "RateLimits",
     "Retry",
     "RetryLater",
     "SerializationError",

@@ -120,7 +120,7 @@ async def test_keys_are_limited_independently() -> None:
 
 
 def test_the_task_key_names_project_queue_and_task() -> None:
-    assert rate_limit_key("acme", "emails", "app.send") == "acme:emails:app.send"
+    assert rate_limit_key("acme", "emails", "app.send") == "task:acme:emails:app.send"
 
 
 @settings(max_examples=150, deadline=None)
