@@ -68,7 +68,7 @@ class _Suite(RateLimiterConformance):
 
     async def make_limiter(self, namespace: str) -> RateLimiter:
         limiter = self.limiter
-        return limiter() if limiter is FixedWindows else limiter(SystemClock())  # type: ignore[call-arg]
+        return limiter() if limiter is FixedWindows else limiter(SystemClock())
 
 
 class PerProcessButClaimsShared(_Suite):
