@@ -255,7 +255,7 @@ async def test_workers_sharing_a_redis_limit_run_at_the_limit_and_fail_nothing(
     assert sum(s.deferred for s in stats) > 0
     # 20 starts at one per 50 ms, shared by the two workers: 19 intervals, 0.95 s at least
     # (less the jitter between an admission and its handler starting).
-    assert max(starts) - min(starts) >= 0.9
+    assert 0.9 <= max(starts) - min(starts) < 3.0
 
 
 async def test_with_redis_unreachable_fail_open_jobs_run_and_fail_closed_jobs_wait_unlost(
@@ -280,8 +280,10 @@ async def test_with_redis_unreachable_fail_open_jobs_run_and_fail_closed_jobs_wa
         open_jobs = await lenient.enqueue_many([(n,) for n in range(3)])  # type: ignore[attr-defined]
         closed_jobs = await strict.enqueue_many([(n,) for n in range(3)])  # type: ignore[attr-defined]
         worker = Worker(down, poll_interval=0.05)
-        with anyio.move_on_after(1.5):
-            await worker.run()
+        async with anyio.create_task_group() as tg:
+            await tg.start(worker.run)
+            await anyio.sleep(1.5)  # the strict jobs keep coming back, deferred each time
+            worker.drain()
         assert [await h.wait(5) for h in open_jobs] == [0, 1, 2]
         for handle in closed_jobs:  # deferred, not failed, and no attempt used
             job = await handle.refresh()
