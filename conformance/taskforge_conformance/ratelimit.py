@@ -51,9 +51,10 @@ from typing import Any, ClassVar
 import anyio
 import anyio.to_thread
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from taskforge_conformance.profiles import active_profile
 from taskforge_core.ratelimit import Admission, KeyedLimit, RateLimit, RateLimiter
 
 __all__ = ["RateLimiterConformance", "assert_at_most_count_per_window", "hammer"]
@@ -69,6 +70,7 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 #: Real time: no deadline. The tests are methods of a base class that each subclass runs with
 #: its own ``self`` (differing executors), and the only fixture is a name: both health checks
 #: are about replaying saved examples, and the suite keeps none (``database=None``).
+#: No "explain" phase: it re-runs a failing example many times, in real time here.
 _BASE = settings(
     deadline=None,
     suppress_health_check=[
@@ -77,7 +79,11 @@ _BASE = settings(
         HealthCheck.too_slow,
     ],
     database=None,
+    phases=(Phase.explicit, Phase.generate, Phase.shrink),
 )
+#: ``TASKFORGE_CONFORMANCE_PROFILE=thorough`` runs five times the examples (each test stays
+#: well under a minute).
+_SCALE = 5 if active_profile() == "thorough" else 1
 
 _Body = Callable[[RateLimiter], Awaitable[None]]
 
@@ -164,7 +170,7 @@ class RateLimiterConformance:
     # At most count in any window
     # =====================================================================================
 
-    @settings(_BASE, max_examples=20)
+    @settings(_BASE, max_examples=20 * _SCALE)
     @given(
         limits=st.lists(_limits, min_size=1, max_size=3),
         callers=st.lists(
@@ -240,7 +246,7 @@ class RateLimiterConformance:
 
         self.run(namespace, body)
 
-    @settings(_BASE, max_examples=40)
+    @settings(_BASE, max_examples=40 * _SCALE)
     @given(
         counts=st.lists(st.integers(min_value=1, max_value=3), min_size=2, max_size=4),
         masks=st.lists(st.integers(min_value=1, max_value=15), min_size=1, max_size=25),
@@ -270,7 +276,7 @@ class RateLimiterConformance:
 
         self.run(namespace, body)
 
-    @settings(_BASE, max_examples=10)
+    @settings(_BASE, max_examples=10 * _SCALE)
     @given(masks=st.lists(st.integers(min_value=1, max_value=15), min_size=8, max_size=30))
     def test_concurrent_acquire_all_charges_each_key_once(
         self, namespace: str, masks: list[int]
@@ -307,7 +313,7 @@ class RateLimiterConformance:
     # retry_after is honest
     # =====================================================================================
 
-    @settings(_BASE, max_examples=10)
+    @settings(_BASE, max_examples=10 * _SCALE)
     @given(limits=st.lists(_limits, min_size=1, max_size=3), early=st.floats(0.1, 0.8))
     def test_retry_after_is_honest(
         self, namespace: str, limits: list[RateLimit], early: float
