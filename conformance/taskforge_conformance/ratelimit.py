@@ -57,7 +57,13 @@ from hypothesis import strategies as st
 from taskforge_conformance.profiles import active_profile
 from taskforge_core.ratelimit import Admission, KeyedLimit, RateLimit, RateLimiter
 
-__all__ = ["RateLimiterConformance", "assert_at_most_count_per_window", "hammer"]
+__all__ = [
+    "RateLimiterConformance",
+    "assert_at_most_count_per_window",
+    "hammer",
+    "micros",
+    "run_processes",
+]
 
 #: Longest time one test may run on the event loop before it counts as hung.
 TEST_TIMEOUT = 50.0
