@@ -35,7 +35,7 @@ from taskforge_core.handle import JobHandle
 from taskforge_core.hookspecs import hookimpl
 from taskforge_core.models import ErrorInfo, Job, NewJob
 from taskforge_core.protocols import Capability, Storage
-from taskforge_core.ratelimit import RateLimit
+from taskforge_core.ratelimit import RateLimit, RateLimits
 from taskforge_core.retention import PruneReport, RetentionPolicy
 from taskforge_core.retry import NO_RETRY, Retry, RetryLater
 from taskforge_core.states import JobStatus
@@ -70,6 +70,7 @@ __all__ = [
     "PruneReport",
     "QueueError",
     "RateLimit",
+    "RateLimits",
     "RetentionPolicy",
     "Retry",
     "RetryLater",

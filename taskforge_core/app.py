@@ -22,7 +22,7 @@ from taskforge_core.middleware import ExecutionMiddleware
 from taskforge_core.models import DEFAULT_PROJECT, DEFAULT_QUEUE, Job, JobFilter, NewJob, Page
 from taskforge_core.plugins import create_plugin_manager
 from taskforge_core.protocols import Capability
-from taskforge_core.ratelimit import RateLimit
+from taskforge_core.ratelimit import RateLimit, RateLimits
 from taskforge_core.retention import Prunable, PruneReport, RetentionPolicy
 from taskforge_core.retry import Retry
 from taskforge_core.scheduler import PeriodicEntry
@@ -67,7 +67,16 @@ class TaskForge:
         max_payload_bytes: int | None = None,
         auto_migrate: bool = True,
         create_queues: bool = True,
+        rate_limits: RateLimits | None = None,
     ) -> None:
+        if rate_limits is not None and not isinstance(rate_limits, RateLimits):
+            raise ConfigurationError(
+                f"rate_limits must be a RateLimits(queues=..., projects=..., tiers=..., "
+                f"project_tiers=...), got {rate_limits!r}"
+            )
+        #: Limits per queue, project and subscription tier, checked by workers together with
+        #: each task's own ``rate_limit`` (see :class:`~taskforge_core.ratelimit.RateLimits`).
+        self.rate_limits = rate_limits or RateLimits()
         self.url = url or os.environ.get("TASKFORGE_URL") or DEFAULT_URL
         self.project = project
         self.clock = clock or SystemClock()

@@ -91,7 +91,7 @@ from taskforge_core.models import (
     WorkerStatus,
 )
 from taskforge_core.protocols import Capability
-from taskforge_core.ratelimit import rate_limit_key
+from taskforge_core.ratelimit import acquire_all
 from taskforge_core.retention import Prunable, RetentionPolicy, prune_periodically
 from taskforge_core.serialization import encode
 from taskforge_core.states import ExecutionStatus, JobStatus
@@ -436,6 +436,7 @@ class Worker:
         finally:
             with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True):
                 await self._shutdown()
+                await self._close_limiter()
             self._stop_time = time.monotonic()
             self._tg = None
             _call_hook(self.app.plugins.hook.taskforge_worker_stopped, worker=self)
@@ -635,7 +636,7 @@ class Worker:
             )
             logger.error("job %s (%s): %s", job.id, job.task, error)
             return self._failed(entry, error, 0.0, retry=None)
-        if task.rate_limit is not None and self._limiter is not None:
+        if self._limiter is not None and (task.rate_limit is not None or self.app.rate_limits):
             deferred = await self._admit(entry, task)
             if deferred is not None:
                 return deferred
@@ -659,14 +660,28 @@ class Worker:
         return _Outcome(report, job, ExecutionStatus.SUCCEEDED, run_seconds)
 
     async def _admit(self, entry: _Running, task: Task[Any, Any]) -> _Outcome | None:
-        """Ask the rate limiter; a refused job is given back for later (not a failure)."""
+        """Ask the rate limiter about every limit of the job at once (task, queue, project,
+        tier); a refused job is given back for later (not a failure, no attempt used)."""
         assert self._limiter is not None
-        assert task.rate_limit is not None
         job = entry.claimed.job
-        key = rate_limit_key(self.app.project, job.queue, job.task)
+        limits = self.app.rate_limits.applicable(job.project, job.queue, job.task, task.rate_limit)
+        if not limits:
+            return None
+        key, limit = limits[0]
         try:
-            admission = await self._limiter.acquire(key, task.rate_limit)
-        except Exception as exc:  # a broken limiter must not let jobs past their limit
+            admission = await acquire_all(self._limiter, limits)
+        except Exception as exc:
+            # A broken limiter: each limit's own choice decides (fail open admits, fail closed
+            # defers); by default limits fail closed, so jobs never get past their limit.
+            if all(lim.fail_open for _, lim in limits):
+                logger.warning(
+                    "job %s (%s): rate limiter failed, running it anyway (its limits fail "
+                    "open): %s",
+                    job.id,
+                    job.task,
+                    exc,
+                )
+                return None
             logger.warning(
                 "job %s (%s): rate limiter failed, trying again in %g s: %s",
                 job.id,
@@ -679,15 +694,16 @@ class Worker:
             if admission.allowed:
                 return None
             retry_after = max(0.0, admission.retry_after)
+            key, limit = next(((k, lim) for k, lim in limits if k == admission.key), (key, limit))
         # Jobs refused together would all come back at the same instant and all but one be
         # refused again: give each its own slot, one emission interval after the last one.
         now = self.app.clock.now()
         run_at = now + dt.timedelta(seconds=retry_after)
         last = self._deferred_until.get(key)
         if last is not None and last >= run_at:
-            run_at = last + dt.timedelta(seconds=task.rate_limit.period / task.rate_limit.count)
+            run_at = last + dt.timedelta(seconds=limit.period / limit.count)
         self._deferred_until[key] = run_at
-        logger.debug("job %s (%s) rate limited, again at %s", job.id, job.task, run_at)
+        logger.debug("job %s (%s) rate limited by %s, again at %s", job.id, job.task, key, run_at)
         report = RetryRequest(
             job_id=job.id,
             execution_id=entry.claimed.execution_id,
@@ -696,6 +712,15 @@ class Worker:
             consume_attempt=False,
         )
         return _Outcome(report, job, ExecutionStatus.DEFERRED, 0.0)
+
+    async def _close_limiter(self) -> None:
+        """Close the rate limiter's connections, if it has any (``aclose()``)."""
+        aclose = getattr(self._limiter, "aclose", None)
+        if aclose is not None:
+            try:
+                await aclose()
+            except Exception:
+                logger.exception("worker %s: closing the rate limiter failed", self.name)
 
     async def _call(self, task: Task[Any, Any], ctx: JobContext) -> Any:
         """The handler through the middleware, within the job's timeout."""

@@ -1,4 +1,7 @@
-"""The TaskForge storage conformance suite: prove that a backend keeps every promise.
+"""The TaskForge conformance suites: prove that a backend keeps every promise.
+
+Rate limiters have their own suite, :class:`RateLimiterConformance` (subclass it and implement
+``make_limiter``; see :mod:`taskforge_conformance.ratelimit`). For storage backends:
 
 Two ways to run it against your backend:
 
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
     from taskforge_conformance._harness import Env
     from taskforge_conformance.model import ReferenceModel
     from taskforge_conformance.profiles import active_profile, suite_settings
+    from taskforge_conformance.ratelimit import RateLimiterConformance
     from taskforge_conformance.suite import StorageConformance, scenario
     from taskforge_conformance.url import expand_url, storage_from_url
 
@@ -47,6 +51,7 @@ __all__ = [
     "PROFILE_ENV",
     "URL_ENV",
     "Env",
+    "RateLimiterConformance",
     "ReferenceModel",
     "StorageConformance",
     "active_profile",
@@ -60,6 +65,7 @@ __all__ = [
 #: ``python -m taskforge_conformance`` can start pytest before anything imports anyio.
 _LOCATIONS = {
     "Env": "taskforge_conformance._harness",
+    "RateLimiterConformance": "taskforge_conformance.ratelimit",
     "ReferenceModel": "taskforge_conformance.model",
     "StorageConformance": "taskforge_conformance.suite",
     "active_profile": "taskforge_conformance.profiles",

@@ -13,6 +13,7 @@ from taskforge_backends.redis._settings import DEFAULT_PREFIX, RedisSettings
 from taskforge_core.hookspecs import hookimpl
 
 if TYPE_CHECKING:
+    from taskforge_backends.redis.ratelimit import RedisRateLimiter
     from taskforge_core.app import TaskForge
 
 __all__ = ["ENV_PREFIX", "ENV_URL", "RedisPlugin", "taskforge_app_created"]
@@ -35,6 +36,15 @@ class RedisPlugin:
 
     def __repr__(self) -> str:
         return f"<RedisPlugin {self.settings.url} prefix={self.settings.prefix!r}>"
+
+    @hookimpl(tryfirst=True)
+    def taskforge_rate_limiter(self, app: TaskForge) -> RedisRateLimiter:
+        """A :class:`~taskforge_backends.redis.ratelimit.RedisRateLimiter`: the limits of
+        every worker using this Redis and prefix are counted together. A new one per worker
+        (its connections belong to the worker's event loop; the worker closes it)."""
+        from taskforge_backends.redis.ratelimit import RedisRateLimiter
+
+        return RedisRateLimiter(self.settings)
 
 
 @hookimpl

@@ -6,6 +6,7 @@ import datetime as dt
 import math
 import threading
 import types
+from collections.abc import Sequence
 from fractions import Fraction
 
 import anyio
@@ -13,12 +14,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taskforge_core import ConfigurationError, FakeClock, RateLimit, hookimpl
+from taskforge_core import ConfigurationError, FakeClock, RateLimit, RateLimits, TaskForge, hookimpl
 from taskforge_core.plugins import create_plugin_manager
 from taskforge_core.ratelimit import (
     Admission,
     InProcessRateLimiter,
+    KeyedLimit,
     RateLimiter,
+    acquire_all,
     rate_limit_key,
     taskforge_rate_limiter,
 )
@@ -120,7 +123,7 @@ async def test_keys_are_limited_independently() -> None:
 
 
 def test_the_task_key_names_project_queue_and_task() -> None:
-    assert rate_limit_key("acme", "emails", "app.send") == "acme:emails:app.send"
+    assert rate_limit_key("acme", "emails", "app.send") == "task:acme:emails:app.send"
 
 
 @settings(max_examples=150, deadline=None)
@@ -250,6 +253,9 @@ def test_a_plugin_limiter_takes_precedence_over_the_in_process_one() -> None:
         async def acquire(self, key: str, limit: RateLimit) -> Admission:
             return Admission(True, 0.0)
 
+        async def acquire_all(self, limits: Sequence[KeyedLimit]) -> Admission:
+            return Admission(True, 0.0)
+
     class Plugin:
         @hookimpl
         def taskforge_rate_limiter(self, app: object) -> RateLimiter:
@@ -260,3 +266,139 @@ def test_a_plugin_limiter_takes_precedence_over_the_in_process_one() -> None:
     app = types.SimpleNamespace(clock=FakeClock())
     assert isinstance(pm.hook.taskforge_rate_limiter(app=app), Shared)
     assert isinstance(taskforge_rate_limiter(app), InProcessRateLimiter)  # type: ignore[arg-type]
+
+
+# -- several limits at once ------------------------------------------------------------------
+
+
+async def test_acquire_all_admits_only_when_every_key_admits_and_charges_none_otherwise() -> None:
+    clock = FakeClock()
+    limiter = InProcessRateLimiter(clock)
+    fast, slow = RateLimit.parse("10/s"), RateLimit.parse("1/s")
+    assert (await limiter.acquire("slow", slow)).allowed
+
+    refused = await limiter.acquire_all([("fast", fast), ("slow", slow)])
+    assert refused == Admission(False, 1.0)
+    assert refused.key == "slow"
+    assert refused.at == clock.now()
+    # "fast" was not charged by the refused call: it admits at once, alone.
+    assert (await limiter.acquire("fast", fast)).allowed
+    clock.advance(1)
+    assert (await limiter.acquire_all([("fast", fast), ("slow", slow)])).allowed
+    clock.advance(0.1)
+    refused = await limiter.acquire_all([("fast", fast), ("slow", slow)])
+    assert refused == Admission(False, 0.9)  # the longest wait among the refusing keys
+    assert refused.key == "slow"
+
+
+async def test_acquire_all_refuses_a_key_named_twice() -> None:
+    limiter = InProcessRateLimiter(FakeClock())
+    limit = RateLimit.parse("1/s")
+    with pytest.raises(ValueError, match="distinct keys"):
+        await limiter.acquire_all([("k", limit), ("k", limit)])
+
+
+def test_answers_compare_by_decision_not_by_key_or_time() -> None:
+    when = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    assert Admission(False, 1.0, key="a", at=when) == Admission(False, 1.0)
+    assert Admission(False, 1.0) != Admission(False, 2.0)
+
+
+async def test_a_limiter_with_only_acquire_is_asked_key_by_key() -> None:
+    asked: list[str] = []
+
+    class Legacy:
+        async def acquire(self, key: str, limit: RateLimit) -> Admission:
+            asked.append(key)
+            return Admission(key != "b", 0.0 if key != "b" else 2.0)
+
+    limit = RateLimit.parse("1/s")
+    answer = await acquire_all(Legacy(), [("a", limit), ("b", limit), ("c", limit)])
+    assert answer == Admission(False, 2.0)
+    assert answer.key == "b"
+    assert asked == ["a", "b"]  # stops at the first refusal
+    assert (await acquire_all(Legacy(), [("a", limit)])).allowed
+
+
+# -- limits per queue, project and tier ------------------------------------------------------
+
+
+def test_rate_limits_parse_strings_and_keep_rate_limit_objects() -> None:
+    open_limit = RateLimit.parse("500/s", fail_open=True)
+    limits = RateLimits(
+        queues={"emails": "50/s"},
+        projects={"acme": open_limit},
+        tiers={"starter": "10/s", "pro": "100/s"},
+        project_tiers={"acme": "pro"},
+        default_tier="starter",
+    )
+    assert limits.queues == {"emails": RateLimit(count=50, period=1.0)}
+    assert limits.projects["acme"].fail_open
+    assert not limits.queues["emails"].fail_open  # limits fail closed unless told otherwise
+    assert limits.tier_of("acme") == "pro"
+    assert limits.tier_of("other") == "starter"
+    assert limits
+    assert not RateLimits()
+
+
+def test_every_applicable_limit_has_its_own_key_narrowest_first() -> None:
+    limits = RateLimits(
+        queues={"emails": "50/s"},
+        projects={"acme": "500/s"},
+        tiers={"starter": "10/s", "pro": "100/s"},
+        project_tiers={"acme": "pro"},
+    )
+    own = RateLimit.parse("5/s")
+    assert limits.applicable("acme", "emails", "send", own) == [
+        ("task:acme:emails:send", own),
+        ("queue:acme:emails", RateLimit.parse("50/s")),
+        ("project:acme", RateLimit.parse("500/s")),
+        ("tier:acme", RateLimit.parse("100/s")),
+    ]
+    # Another project: its own queue budget, no project limit, no tier (no default tier).
+    assert limits.applicable("zeta", "emails", "send") == [
+        ("queue:zeta:emails", RateLimit.parse("50/s"))
+    ]
+    assert limits.applicable("zeta", "reports", "build") == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"queues": {"emails": "fast"}}, r"queues\['emails'\]: bad rate limit 'fast'"),
+        ({"projects": {"acme": 100}}, r"projects\['acme'\]: bad limit 100"),
+        ({"tiers": ["pro"]}, "tiers must be a mapping"),
+        ({"queues": {"": "1/s"}}, "queues: bad name ''"),
+        ({"tiers": {"pro": "1/s"}, "project_tiers": {"acme": "gold"}}, "unknown tier 'gold'"),
+        ({"tiers": {"pro": "1/s"}, "default_tier": "gold"}, "default_tier: unknown tier 'gold'"),
+        ({"project_tiers": {"acme": 1}}, "project_tiers must map project names to tier names"),
+    ],
+)
+def test_bad_rate_limit_settings_name_the_bad_value(
+    kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        RateLimits(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"count": 0, "period": 1.0},
+        {"count": True, "period": 1.0},
+        {"count": 1, "period": float("inf")},
+        {"count": 1, "period": 0},
+    ],
+)
+def test_a_rate_limit_needs_a_positive_count_and_a_finite_period(bad: dict[str, float]) -> None:
+    with pytest.raises(ConfigurationError):
+        RateLimit(**bad)  # type: ignore[arg-type]
+
+
+def test_the_app_takes_rate_limits_and_refuses_anything_else(tmp_path: object) -> None:
+    limits = RateLimits(queues={"emails": "5/s"})
+    app = TaskForge(f"sqlite:///{tmp_path}/jobs.db", rate_limits=limits)
+    assert app.rate_limits is limits
+    assert not TaskForge(f"sqlite:///{tmp_path}/other.db").rate_limits
+    with pytest.raises(ConfigurationError, match="rate_limits must be a RateLimits"):
+        TaskForge(f"sqlite:///{tmp_path}/bad.db", rate_limits={"emails": "5/s"})  # type: ignore[arg-type]
