@@ -13,7 +13,9 @@ from taskforge_backends.redis._settings import DEFAULT_PREFIX, RedisSettings
 from taskforge_core.hookspecs import hookimpl
 
 if TYPE_CHECKING:
+    from taskforge_backends.redis.scheduler import SchedulerConfig, Schedules
     from taskforge_core.app import TaskForge
+    from taskforge_core.scheduler import Scheduler
 
 __all__ = ["ENV_PREFIX", "ENV_URL", "RedisPlugin", "taskforge_app_created"]
 
@@ -30,11 +32,36 @@ class RedisPlugin:
     before the core's in-process fallbacks.
     """
 
-    def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        scheduler: SchedulerConfig | None = None,
+    ) -> None:
         self.settings = RedisSettings(url=url, prefix=prefix)
+        #: Settings of the cron scheduler (lease, missed-tick policy); None for the defaults.
+        self.scheduler_config = scheduler
 
     def __repr__(self) -> str:
         return f"<RedisPlugin {self.settings.url} prefix={self.settings.prefix!r}>"
+
+    # -- cron scheduler ----------------------------------------------------------------------
+
+    @hookimpl(tryfirst=True)
+    def taskforge_scheduler(self, app: TaskForge) -> Scheduler:
+        """A :class:`~taskforge_backends.redis.scheduler.RedisScheduler`: one leader among the
+        instances fires each tick once, in place of the core's in-process scheduler."""
+        from taskforge_backends.redis.scheduler import RedisScheduler
+
+        return RedisScheduler(self.settings, self.scheduler_config)
+
+    @property
+    def schedules(self) -> Schedules:
+        """Add, remove and list cron entries at run time: ``await plugin.schedules.add(entry)``."""
+        from taskforge_backends.redis.scheduler import Schedules
+
+        return Schedules(self.settings)
 
 
 @hookimpl
