@@ -1,4 +1,5 @@
-"""The TaskForge storage conformance suite: prove that a backend keeps every promise.
+"""The TaskForge conformance suites: prove that a storage backend or a scheduler keeps every
+promise.
 
 Two ways to run it against your backend:
 
@@ -13,6 +14,9 @@ Two ways to run it against your backend:
 * or run the bundled tests through the ``taskforge`` entry points, by URL::
 
       python -m taskforge_conformance "mybackend:///{tmp}/jobs"
+
+A scheduler (the ``taskforge_scheduler`` hook) is checked the same way, by subclassing
+:class:`SchedulerConformance` and implementing ``make_scheduler(fleet)``.
 
 The suite needs pytest and hypothesis. ``TASKFORGE_CONFORMANCE_PROFILE`` picks how hard the
 stateful test works (``quick``, the default, or ``thorough``). See ``docs/writing-a-backend.md``.
@@ -40,6 +44,7 @@ if TYPE_CHECKING:
     from taskforge_conformance._harness import Env
     from taskforge_conformance.model import ReferenceModel
     from taskforge_conformance.profiles import active_profile, suite_settings
+    from taskforge_conformance.scheduler import Fleet, SchedulerConformance
     from taskforge_conformance.suite import StorageConformance, scenario
     from taskforge_conformance.url import expand_url, storage_from_url
 
@@ -47,7 +52,9 @@ __all__ = [
     "PROFILE_ENV",
     "URL_ENV",
     "Env",
+    "Fleet",
     "ReferenceModel",
+    "SchedulerConformance",
     "StorageConformance",
     "active_profile",
     "expand_url",
@@ -60,7 +67,9 @@ __all__ = [
 #: ``python -m taskforge_conformance`` can start pytest before anything imports anyio.
 _LOCATIONS = {
     "Env": "taskforge_conformance._harness",
+    "Fleet": "taskforge_conformance.scheduler",
     "ReferenceModel": "taskforge_conformance.model",
+    "SchedulerConformance": "taskforge_conformance.scheduler",
     "StorageConformance": "taskforge_conformance.suite",
     "active_profile": "taskforge_conformance.profiles",
     "expand_url": "taskforge_conformance.url",
