@@ -85,6 +85,7 @@ import attrs
 import redis.asyncio
 import redis.exceptions
 
+from taskforge_core.clock import Clock, SystemClock
 from taskforge_core.errors import InvalidCronError, InvalidJobError
 from taskforge_core.scheduler import PeriodicEntry
 
@@ -292,8 +293,10 @@ class Schedules:
     connection and closes it (these are administrative calls, not a hot path); asyncio only.
     """
 
-    def __init__(self, settings: RedisSettings) -> None:
+    def __init__(self, settings: RedisSettings, *, clock: Clock | None = None) -> None:
         self.settings = settings
+        #: Where "now" comes from when an entry is added without ``app`` (the wall clock).
+        self.clock: Clock = clock or SystemClock()
         self._keys = _Keys.of(settings)
 
     def __repr__(self) -> str:
@@ -313,7 +316,7 @@ class Schedules:
         if app is not None:
             app.get_task(entry.task).build(entry.args, entry.kwargs)
         raw = _encode(entry)
-        now = _micros(app.clock.now()) if app is not None else _micros(dt.datetime.now(dt.UTC))
+        now = _micros((app.clock if app is not None else self.clock).now())
         await self._call(lambda client: _publish(client, self._keys, [(entry.name, raw)], now))
 
     async def remove(self, name: str) -> bool:
@@ -598,6 +601,8 @@ class RedisScheduler:
             plans = {name: self._plan(entry, last, now, lease) for name, entry in entries.items()}
             due = {name: plan for name, plan in plans.items() if plan.handled is not None}
             if due and time.monotonic() >= retry_at:
+                if time.monotonic() >= lease.renew_at:  # planning took a while: renew first
+                    await self._renew(client, lease)
                 self._check(lease)
                 handled, failed = await _fire(app, entries, due)
                 if handled:  # the script checks the token: no local deadline needed to record
@@ -664,9 +669,17 @@ class RedisScheduler:
                 entry.name,
                 after.isoformat(),
                 policy.value,
-                ", ".join(t.isoformat() for t in fire) or "none of them",
+                _describe(fire),
             )
         return _Plan(fire=tuple(fire), handled=ticks[-1], next=nxt)
+
+
+def _describe(ticks: list[dt.datetime]) -> str:
+    if not ticks:
+        return "none of them"
+    if len(ticks) <= 3:
+        return ", ".join(t.isoformat() for t in ticks)
+    return f"{len(ticks)} ticks from {ticks[0].isoformat()} to {ticks[-1].isoformat()}"
 
 
 @attrs.frozen
