@@ -230,6 +230,16 @@ class Fleet:
         assert not doubled, f"ticks fired more than once (clock at {at}): {doubled[:5]}"
 
 
+def _only_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The single exception inside nested one-member groups, or None."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        if len(error.exceptions) != 1:
+            return None
+        error = error.exceptions[0]
+    return error
+
+
 class SchedulerConformance:
     """Tests the promises of :class:`~taskforge_core.scheduler.Scheduler` across several
     instances. Subclass it and implement :meth:`make_scheduler`."""
@@ -288,7 +298,15 @@ class SchedulerConformance:
                     await fleet.stop(0)
 
     def run(self, body: Callable[[], Any]) -> None:
-        anyio.run(body, backend="asyncio")
+        """Run ``body`` on an asyncio event loop; a failure inside the fleet's task group is
+        raised as itself, not wrapped in an exception group."""
+        try:
+            anyio.run(body, backend="asyncio")
+        except BaseExceptionGroup as group:
+            leaf = _only_leaf(group)
+            if leaf is None:
+                raise
+            raise leaf from None
 
     # =====================================================================================
     # Once per tick
