@@ -10,8 +10,9 @@ Every worker started with a :class:`~taskforge_backends.redis.RedisPlugin` runs 
     the hash about once a second, so changes apply without a restart.
 ``{prefix}:scheduler:last``
     hash ``name -> microseconds since the epoch`` of the last tick handled per entry (fired,
-    or dropped on purpose). A new entry gets an *anchor* there -- the time it was published --
-    so its first tick is the first one after it appeared.
+    or dropped on purpose). A new entry, or one whose definition changed, gets an *anchor*
+    there -- the time it was published -- so its first tick is the first one after it
+    appeared or changed (an hourly entry made daily does not catch up a day of hourly ticks).
 ``{prefix}:scheduler:lease`` and ``{prefix}:scheduler:epoch``
     the leader's lease and the counter its fencing tokens come from.
 
@@ -283,6 +284,25 @@ return 1
 """
 
 
+#: KEYS: entries, last. ARGV: now, then name, JSON pairs. An entry that is new or whose
+#: definition changed starts afresh: its last tick moves up to ``now``, so that neither a new
+#: entry nor a changed schedule (an hourly entry made daily, say) fires ticks from before the
+#: change. Not fenced: any instance may publish, and it never moves a last tick backwards.
+_PUBLISH = """
+for i = 2, #ARGV, 2 do
+  local changed = redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1]
+  if changed or redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    local last = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '-1')
+    if tonumber(ARGV[1]) > last then
+      redis.call('HSET', KEYS[2], ARGV[i], ARGV[1])
+    end
+  end
+end
+return 1
+"""
+
+
 # -- the runtime API ---------------------------------------------------------------------------
 
 
@@ -303,9 +323,10 @@ class Schedules:
         return f"<Schedules prefix={self.settings.prefix!r}>"
 
     async def add(self, entry: PeriodicEntry, *, app: TaskForge | None = None) -> None:
-        """Add ``entry``, or replace the entry of that name (its last fired tick is kept).
+        """Add ``entry``, or replace the entry of that name.
 
-        A new entry's first tick is its first tick after now. The cron expression and time
+        A new or changed entry's first tick is its first tick after now (an unchanged one
+        keeps its progress). The cron expression and time
         zone were checked when the :class:`PeriodicEntry` was built
         (:class:`~taskforge_core.errors.InvalidCronError`); given ``app``, the task is looked
         up and its arguments checked too
@@ -381,12 +402,11 @@ class Schedules:
 async def _publish(
     client: redis.asyncio.Redis, keys: _Keys, entries: Iterable[tuple[str, str]], now: int
 ) -> None:
-    """Write entries (replacing same-named ones) and anchor the new ones at ``now``."""
-    async with client.pipeline(transaction=True) as pipe:
-        for name, raw in entries:
-            pipe.hset(keys.entries, name, raw)
-            pipe.hsetnx(keys.last, name, str(now))
-        await pipe.execute()
+    """Write entries; a new or changed one is anchored at ``now`` (see :data:`_PUBLISH`)."""
+    args: list[Any] = [now]
+    for name, raw in entries:
+        args += [name, raw]
+    await client.eval(_PUBLISH, 2, keys.entries, keys.last, *args)
 
 
 #: Parsed entries by their JSON, so the leader's once-a-second reload parses only changes.

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 import anyio.abc
+import attrs
 import pytest
 import redis.asyncio
 from anyio.abc import SocketAttribute, SocketStream
@@ -407,3 +408,27 @@ async def test_while_redis_is_away_nothing_fires_and_nothing_is_lost(
             clock.advance(1)
             await wait_for_keys(app, [key("every_second", n) for n in range(1, 7)])
         group.cancel_scope.cancel()
+
+
+async def test_a_changed_entry_starts_afresh_while_an_unchanged_one_catches_up(
+    tmp_path: pathlib.Path, redis_plugin: RedisPlugin
+) -> None:
+    """The fleet is down for five seconds, during which one entry is changed: the unchanged
+    entry catches up its missed ticks, the changed one fires only from the change on."""
+    clock = FakeClock(START)
+    app = make_app(tmp_path, clock, redis_plugin)
+    schedules = Schedules(redis_plugin.settings, clock=clock)
+    extra = PeriodicEntry(name="extra_each_second", cron="* * * * * *", task="extra", args=(1,))
+    await schedules.add(extra)
+    async with running(app, scheduler_of(redis_plugin)):
+        await wait_for_leader(schedules)
+        clock.advance(1)
+        await wait_for_keys(app, [key("every_second", 1), key("extra_each_second", 1)])
+    clock.advance(5)
+    await schedules.add(attrs.evolve(extra, args=(2,)))
+    async with running(app, scheduler_of(redis_plugin)):
+        await wait_for_leader(schedules)
+        clock.advance(1)
+        expected = [key("every_second", n) for n in range(1, 8)]
+        expected += [key("extra_each_second", 1), key("extra_each_second", 7)]
+        await wait_for_keys(app, expected)
