@@ -463,6 +463,8 @@ class RedisScheduler:
         self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._keys = _Keys.of(settings)
         self._cache: _ParseCache = {}
+        #: Entries whose expression has no tick left (logged once).
+        self._exhausted: set[tuple[str, str]] = set()
 
     def __repr__(self) -> str:
         return (
@@ -585,8 +587,11 @@ class RedisScheduler:
                 renew_at=sent + self.config.renew_interval,
                 since=app.clock.now(),
             )
-        ttl = int(value) / 1000 if int(value) > 0 else 0.0
-        await anyio.sleep(min(self.config.renew_interval, max(ttl, 0.01)))
+        # Sleep until the lease runs out, but retry at least every renew_interval (a lease
+        # without a TTL, -1, was set by hand: keep trying at the usual pace).
+        ttl = int(value) / 1000
+        wait = self.config.renew_interval if ttl < 0 else min(self.config.renew_interval, ttl)
+        await anyio.sleep(max(wait, 0.01))
         return None
 
     async def _renew(self, client: redis.asyncio.Redis, lease: _Lease) -> None:
@@ -673,7 +678,9 @@ class RedisScheduler:
         try:
             ticks, truncated, nxt = _due(entry, after, now, self.config.max_catch_up)
         except InvalidCronError:
-            logger.exception("periodic %r will not fire again", entry.name)
+            if (entry.name, entry.cron) not in self._exhausted:
+                self._exhausted.add((entry.name, entry.cron))
+                logger.exception("periodic %r will not fire again", entry.name)
             return _Plan(fire=(), handled=None, next=None)
         if not ticks:
             return _Plan(fire=(), handled=None, next=nxt)
