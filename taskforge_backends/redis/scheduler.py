@@ -517,12 +517,13 @@ class RedisScheduler:
                             lease.epoch,
                         )
                         lease = None
+                    reason = str(exc) or f"no answer within {self.config.renew_interval:g} s"
                     logger.warning(
                         "scheduler %s cannot reach Redis (%s: %s); no tick fires from this "
                         "instance, trying again in %g s",
                         self.instance,
                         type(exc).__name__,
-                        exc,
+                        reason,
                         delay,
                     )
                     published = False  # Redis may have restarted empty: publish again

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
@@ -321,13 +322,15 @@ def test_catching_up_after_a_long_outage_stays_cheap() -> None:
 
 class RedisProxy:
     """A TCP proxy to the real Redis that the test can cut (every connection dropped, new
-    ones refused) and restore."""
+    ones refused) or stall (nothing goes through, nothing is closed), then restore."""
 
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
         self.cut = False
         self.listen_port = 0
         self._scopes: set[anyio.CancelScope] = set()
+        self._flowing = anyio.Event()
+        self._flowing.set()
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
@@ -340,6 +343,13 @@ class RedisProxy:
         self.cut = True
         for scope in self._scopes:
             scope.cancel()
+
+    def stall(self) -> None:
+        self._flowing = anyio.Event()
+
+    def restore(self) -> None:
+        self.cut = False
+        self._flowing.set()
 
     async def _handle(self, client: SocketStream) -> None:
         async with client:
@@ -355,10 +365,12 @@ class RedisProxy:
                 finally:
                     self._scopes.discard(scope)
 
-    @staticmethod
-    async def _pump(source: SocketStream, sink: SocketStream, scope: anyio.CancelScope) -> None:
+    async def _pump(
+        self, source: SocketStream, sink: SocketStream, scope: anyio.CancelScope
+    ) -> None:
         try:
             async for data in source:
+                await self._flowing.wait()
                 await sink.send(data)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass
@@ -374,36 +386,49 @@ def quiet_redis_logs() -> Iterator[None]:
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX sockets")
 @pytest.mark.usefixtures("quiet_redis_logs")
+@pytest.mark.parametrize("failure", ["cut", "stall"])
 async def test_while_redis_is_away_nothing_fires_and_nothing_is_lost(
-    tmp_path: pathlib.Path, redis_url: str, redis_prefix: str, caplog: pytest.LogCaptureFixture
+    tmp_path: pathlib.Path,
+    redis_url: str,
+    redis_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+    failure: str,
 ) -> None:
-    """Redis is cut off mid-run: the scheduler stops firing, logs, keeps retrying, never
-    crashes; when Redis is back the ticks missed meanwhile fire once each."""
+    """Redis is cut off (connections refused) or stalls (no answer) mid-run: the scheduler
+    stops firing, logs, keeps retrying, never crashes; when Redis is back the ticks missed
+    meanwhile fire once each."""
     caplog.set_level(logging.INFO, logger="taskforge.scheduler")
-    host, port = redis_url.split("//")[1].split("/")[0].split(":")
-    proxy = RedisProxy(host, int(port))
+    parts = urlsplit(redis_url)
+    proxy = RedisProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
     clock = FakeClock(START)
     async with anyio.create_task_group() as group:
         await group.start(proxy.serve)
-        plugin = RedisPlugin(f"redis://127.0.0.1:{proxy.listen_port}/0", prefix=redis_prefix)
+        proxied = parts._replace(netloc=f"127.0.0.1:{proxy.listen_port}").geturl()
+        plugin = RedisPlugin(proxied, prefix=redis_prefix)
         direct = RedisPlugin(redis_url, prefix=redis_prefix)
         app = make_app(tmp_path, clock, plugin)
         async with running(app, scheduler_of(plugin)):
             await wait_for_leader(direct.schedules)
             clock.advance(1)
             await wait_for_keys(app, [key("every_second", 1)])
-            proxy.sever()
+            if failure == "cut":
+                proxy.sever()
+            else:
+                proxy.stall()
             for _ in range(4):
                 clock.advance(1)
                 await anyio.sleep(0.25)
             assert await keys(app) == [key("every_second", 1)], "fired without Redis"
-            assert "cannot reach Redis" in caplog.text
             with anyio.fail_after(LEASE * 3):  # unrenewed, the lease runs out in Redis
                 while True:
                     if await direct.schedules.leader() is None:
                         break
                     await anyio.sleep(0.05)
-            proxy.cut = False
+            assert await keys(app) == [key("every_second", 1)], "fired without Redis"
+            assert "cannot reach Redis" in caplog.text
+            if failure == "stall":
+                assert "TimeoutError: no answer within" in caplog.text
+            proxy.restore()
             await wait_for_keys(app, [key("every_second", n) for n in range(1, 6)], timeout=15)
             clock.advance(1)
             await wait_for_keys(app, [key("every_second", n) for n in range(1, 7)])
