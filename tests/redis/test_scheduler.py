@@ -30,7 +30,7 @@ from taskforge_backends.redis.scheduler import (
     Schedules,
     _due,
 )
-from taskforge_core import FakeClock, TaskForge
+from taskforge_core import FakeClock, Job, TaskForge, hookimpl
 from taskforge_core.errors import (
     ConfigurationError,
     InvalidCronError,
@@ -457,3 +457,51 @@ async def test_a_changed_entry_starts_afresh_while_an_unchanged_one_catches_up(
         expected = [key("every_second", n) for n in range(1, 8)]
         expected += [key("extra_each_second", 1), key("extra_each_second", 7)]
         await wait_for_keys(app, expected)
+
+
+async def test_a_leader_replaced_between_storing_a_tick_and_recording_it(
+    tmp_path: pathlib.Path, redis_plugin: RedisPlugin, redis_url: str
+) -> None:
+    """Right after the storage took tick 2, and before the leader recorded it, another
+    instance takes the lease (as if the leader had paused past its lease): the fenced record
+    is refused, and the next leader fires tick 2 again -- a no-op thanks to its key."""
+    import redis as sync_redis
+
+    clock = FakeClock(START)
+    app = make_app(tmp_path, clock, redis_plugin)
+    lease_key = redis_plugin.settings.key("scheduler", "lease")
+    sync_client = sync_redis.Redis.from_url(redis_url)
+
+    class TakeTheLeaseAfterStoring:
+        done = False
+
+        @hookimpl
+        def taskforge_jobs_enqueued(self, app: TaskForge, jobs: list[Job]) -> None:
+            if not self.done and any(job.key == key("every_second", 2) for job in jobs):
+                self.done = True
+                sync_client.set(redis_plugin.settings.key("scheduler", "epoch"), 999)
+                sync_client.set(lease_key, "999:ghost", px=60_000)
+
+    app.plugins.register(TakeTheLeaseAfterStoring())
+    try:
+        async with running(app, scheduler_of(redis_plugin)):
+            await wait_for_leader(redis_plugin.schedules)
+            clock.advance(1)
+            await wait_for_keys(app, [key("every_second", 1)])
+            clock.advance(1)
+            await wait_for_keys(app, [key("every_second", 1), key("every_second", 2)])
+            await anyio.sleep(0.3)
+            last = await redis_plugin.schedules.last_ticks()
+            assert last["every_second"] == START + dt.timedelta(seconds=1), "recorded unfenced"
+            sync_client.delete(lease_key)
+            assert await wait_for_leader(redis_plugin.schedules) == 1000
+            with anyio.fail_after(10):
+                while True:  # the new leadership fires tick 2 again and records it
+                    last = await redis_plugin.schedules.last_ticks()
+                    if last["every_second"] == START + dt.timedelta(seconds=2):
+                        break
+                    await anyio.sleep(0.02)
+            clock.advance(1)
+            await wait_for_keys(app, [key("every_second", n) for n in (1, 2, 3)])
+    finally:
+        sync_client.close()
