@@ -30,7 +30,7 @@ pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals"),
 ]
 
-SCRIPT = pathlib.Path(__file__).with_name("scheduler_process.py")
+SCRIPT = pathlib.Path(__file__).with_name("redis_scheduler_process.py")
 #: Seconds each leader is left to fire before it is killed, and after the last kill.
 RUN = 4.0
 #: The longest a hand-over may take (lease 3 s + a follower's retry of 1 s, plus slack for a

@@ -1,6 +1,6 @@
-"""A worker process with the Redis scheduler, for tests/redis/test_scheduler_processes.py.
+"""A worker process with the Redis scheduler, for tests/redis/test_redis_scheduler_processes.py.
 
-    python tests/redis/scheduler_process.py sqlite:///jobs.db redis://127.0.0.1:6379/0 PREFIX
+    python tests/redis/redis_scheduler_process.py sqlite:///jobs.db redis://127.0.0.1:6379/0 PREFIX
 
 It declares one periodic entry, ``every_second`` (``* * * * * *``), and runs a :class:`Worker`
 (which runs the scheduler) with the default scheduler settings: a 3 s lease and catch-up of
