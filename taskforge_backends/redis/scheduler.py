@@ -49,8 +49,15 @@ deadline, before its lease can have run out, and no follower can be elected. Eve
 logs the error on the ``taskforge.scheduler`` logger and retries with back-off (0.5 s doubling
 up to 10 s); the worker keeps running jobs. When Redis is back, a leader is elected and, with
 ``catch_up``, fires the ticks missed meanwhile (Redis must keep its data -- AOF or RDB
-persistence -- for ``last`` to survive a restart of Redis itself; if it is lost, entries are
-published again by the next instance to start and ticks before that are not caught up).
+persistence -- for ``last`` to survive a restart of Redis itself; if it is lost, every
+instance publishes its entries again when it reconnects, and ticks before that are not caught
+up).
+
+**Why the idempotency key still matters.** The lease makes one leader the rule, not a proof:
+a failover to a Redis replica that had not yet received the lease, or a leader whose enqueue
+outlasted its lease (renewal happens between enqueues, not during one), can let two instances
+fire the same tick for a moment. Both enqueues carry the same key, so the tick still has one
+job; the fenced record keeps ``last`` consistent.
 
 **Storage errors.** A tick whose enqueue fails is not recorded, and is tried again after a
 back-off (1 s doubling up to 60 s) -- with ``catch_up`` it stays due until it is stored. A
