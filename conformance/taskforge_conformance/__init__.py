@@ -1,7 +1,9 @@
-"""The TaskForge conformance suites: prove that a backend keeps every promise.
+"""The TaskForge conformance suites: prove that a storage backend, a scheduler or a rate
+limiter keeps every promise.
 
-Rate limiters have their own suite, :class:`RateLimiterConformance` (subclass it and implement
-``make_limiter``; see :mod:`taskforge_conformance.ratelimit`). For storage backends:
+Schedulers and rate limiters have their own suites, :class:`SchedulerConformance` and
+:class:`RateLimiterConformance` (see :mod:`taskforge_conformance.scheduler` and
+:mod:`taskforge_conformance.ratelimit`). For storage backends:
 
 Two ways to run it against your backend:
 
@@ -16,6 +18,9 @@ Two ways to run it against your backend:
 * or run the bundled tests through the ``taskforge`` entry points, by URL::
 
       python -m taskforge_conformance "mybackend:///{tmp}/jobs"
+
+A scheduler (the ``taskforge_scheduler`` hook) is checked the same way, by subclassing
+:class:`SchedulerConformance` and implementing ``make_scheduler(fleet)``.
 
 The suite needs pytest and hypothesis. ``TASKFORGE_CONFORMANCE_PROFILE`` picks how hard the
 stateful test works (``quick``, the default, or ``thorough``). See ``docs/writing-a-backend.md``.
@@ -44,6 +49,7 @@ if TYPE_CHECKING:
     from taskforge_conformance.model import ReferenceModel
     from taskforge_conformance.profiles import active_profile, suite_settings
     from taskforge_conformance.ratelimit import RateLimiterConformance
+    from taskforge_conformance.scheduler import Fleet, SchedulerConformance
     from taskforge_conformance.suite import StorageConformance, scenario
     from taskforge_conformance.url import expand_url, storage_from_url
 
@@ -51,8 +57,10 @@ __all__ = [
     "PROFILE_ENV",
     "URL_ENV",
     "Env",
+    "Fleet",
     "RateLimiterConformance",
     "ReferenceModel",
+    "SchedulerConformance",
     "StorageConformance",
     "active_profile",
     "expand_url",
@@ -66,7 +74,9 @@ __all__ = [
 _LOCATIONS = {
     "Env": "taskforge_conformance._harness",
     "RateLimiterConformance": "taskforge_conformance.ratelimit",
+    "Fleet": "taskforge_conformance.scheduler",
     "ReferenceModel": "taskforge_conformance.model",
+    "SchedulerConformance": "taskforge_conformance.scheduler",
     "StorageConformance": "taskforge_conformance.suite",
     "active_profile": "taskforge_conformance.profiles",
     "expand_url": "taskforge_conformance.url",

@@ -14,7 +14,9 @@ from taskforge_core.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from taskforge_backends.redis.ratelimit import RedisRateLimiter
+    from taskforge_backends.redis.scheduler import SchedulerConfig, Schedules
     from taskforge_core.app import TaskForge
+    from taskforge_core.scheduler import Scheduler
 
 __all__ = ["ENV_PREFIX", "ENV_URL", "RedisPlugin", "taskforge_app_created"]
 
@@ -31,11 +33,21 @@ class RedisPlugin:
     before the core's in-process fallbacks.
     """
 
-    def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        scheduler: SchedulerConfig | None = None,
+    ) -> None:
         self.settings = RedisSettings(url=url, prefix=prefix)
+        #: Settings of the cron scheduler (lease, missed-tick policy); None for the defaults.
+        self.scheduler_config = scheduler
 
     def __repr__(self) -> str:
         return f"<RedisPlugin {self.settings.url} prefix={self.settings.prefix!r}>"
+
+    # -- rate limiter ------------------------------------------------------------------------
 
     @hookimpl(tryfirst=True)
     def taskforge_rate_limiter(self, app: TaskForge) -> RedisRateLimiter:
@@ -45,6 +57,23 @@ class RedisPlugin:
         from taskforge_backends.redis.ratelimit import RedisRateLimiter
 
         return RedisRateLimiter(self.settings)
+
+    # -- cron scheduler ----------------------------------------------------------------------
+
+    @hookimpl(tryfirst=True)
+    def taskforge_scheduler(self, app: TaskForge) -> Scheduler:
+        """A :class:`~taskforge_backends.redis.scheduler.RedisScheduler`: one leader among the
+        instances fires each tick once, in place of the core's in-process scheduler."""
+        from taskforge_backends.redis.scheduler import RedisScheduler
+
+        return RedisScheduler(self.settings, self.scheduler_config)
+
+    @property
+    def schedules(self) -> Schedules:
+        """Add, remove and list cron entries at run time: ``await plugin.schedules.add(entry)``."""
+        from taskforge_backends.redis.scheduler import Schedules
+
+        return Schedules(self.settings)
 
 
 @hookimpl
