@@ -193,7 +193,8 @@ class InProcessScheduler:
         start = clock.now()
         due = {entry.name: _next_tick(entry, start) for entry in entries}
         retries: dict[str, _Retry] = {}
-        logger.info(
+        logger.log(
+            logging.INFO if entries else logging.DEBUG,
             "scheduler started with %d periodic entries: %s",
             len(entries),
             ", ".join(f"{e.name} ({e.cron!r} {e.timezone})" for e in entries) or "none",

@@ -24,7 +24,8 @@ One task group owns everything a worker does:
 * the **reclaimer** takes back jobs whose lease expired (this is how jobs of a worker killed
   with SIGKILL come back);
 * the **notifier** waits for the backend's wake-up on behalf of the idle claimer;
-* the **scheduler** for ``@app.periodic`` entries (``run_scheduler=True`` and any entries);
+* the **scheduler** (``run_scheduler=True``): ``@app.periodic`` entries, and with a plugin
+  such as the Redis scheduler, entries added at run time;
 * a **signal watcher** with ``run(handle_signals=True)``.
 
 Shutdown is cancellation: a drain stops claiming, lets running jobs finish within
@@ -417,7 +418,7 @@ class Worker:
                 tg.start_soon(self._notifier, name="taskforge notifier")
                 if handle_signals:
                     await tg.start(self._watch_signals, name="taskforge signals")
-                if self.run_scheduler and self.app.periodic_entries:
+                if self.run_scheduler:
                     self._start_scheduler(tg)
                 if self.prune_every is not None and self._can_prune(storage):
                     tg.start_soon(
@@ -1012,6 +1013,9 @@ class Worker:
         while True:
             try:
                 await scheduler.run(self.app)
+                return
+            except ConfigurationError as exc:  # restarting cannot help: say so once
+                logger.error("the scheduler cannot run, no periodic job will fire here: %s", exc)
                 return
             except Exception:
                 delay = max(1.0, self.poll_interval)

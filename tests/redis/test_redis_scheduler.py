@@ -30,7 +30,7 @@ from taskforge_backends.redis.scheduler import (
     Schedules,
     _due,
 )
-from taskforge_core import FakeClock, Job, TaskForge, hookimpl
+from taskforge_core import FakeClock, Job, TaskForge, Worker, hookimpl
 from taskforge_core.errors import (
     ConfigurationError,
     InvalidCronError,
@@ -228,6 +228,33 @@ async def test_entries_added_and_removed_at_run_time_apply_without_a_restart(
         await wait_for_keys(app, expected)
         await anyio.sleep(0.2)
         assert await keys(app) == sorted(expected), "a removed entry fired"
+
+
+async def test_a_worker_of_an_app_without_periodic_entries_fires_runtime_entries(
+    tmp_path: pathlib.Path, redis_plugin: RedisPlugin
+) -> None:
+    app = TaskForge(f"sqlite:///{tmp_path}/jobs.db", plugins=[redis_plugin])
+
+    @app.task(name="extra")
+    async def extra(n: int) -> int:
+        return n
+
+    entry = PeriodicEntry(name="runtime_only", cron="* * * * * *", task="extra", args=(3,))
+    await redis_plugin.schedules.add(entry, app=app)
+    async with app:
+        worker = Worker(app, poll_interval=0.05)
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as group:
+                await group.start(worker.run)
+                while True:
+                    page = await app.list_jobs(task="extra", statuses=["succeeded"])
+                    if page.items:
+                        break
+                    await anyio.sleep(0.05)
+                worker.drain()
+    (job, *_) = page.items
+    assert job.args == (3,)
+    assert (job.key or "").startswith("periodic:runtime_only:")
 
 
 async def test_adding_an_entry_checks_it(tmp_path: pathlib.Path, redis_plugin: RedisPlugin) -> None:
