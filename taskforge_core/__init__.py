@@ -30,7 +30,9 @@ from taskforge_core.errors import (
     UnknownSchemeError,
     UnknownTaskError,
     WaitTimeoutError,
+    WorkerNotFoundError,
 )
+from taskforge_core.events import EventBus, LocalEventBus
 from taskforge_core.handle import JobHandle
 from taskforge_core.hookspecs import hookimpl
 from taskforge_core.models import ErrorInfo, Job, NewJob
@@ -51,6 +53,7 @@ __all__ = [
     "ConfigurationError",
     "DependencyError",
     "ErrorInfo",
+    "EventBus",
     "FakeClock",
     "InvalidCronError",
     "InvalidJobError",
@@ -63,6 +66,7 @@ __all__ = [
     "JobNotFoundError",
     "JobStatus",
     "JobTimeoutError",
+    "LocalEventBus",
     "MissingExtraError",
     "NewJob",
     "PayloadTooLargeError",
@@ -82,6 +86,7 @@ __all__ = [
     "UnknownTaskError",
     "WaitTimeoutError",
     "Worker",
+    "WorkerNotFoundError",
     "WorkerStats",
     "current_job",
     "hookimpl",
