@@ -1,0 +1,340 @@
+"""Events between instances over a real Redis: cancel, drain and wait across two apps, and
+what happens when Redis is unreachable or drops the connection.
+
+Each test runs two TaskForge apps in one process, "instance A" and "instance B", each with its
+own storage connection to one SQLite file and its own Redis connections: everything between
+them goes through storage and Redis, as between two machines. Heartbeats are set long (20 s)
+where a test proves the event path, so only an event can explain a prompt reaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+import redis
+import redis.asyncio
+
+from taskforge_backends.redis import RedisPlugin
+from taskforge_backends.redis.events import RedisEventBus
+from taskforge_core import JobCancelledError, JobStatus, TaskForge, Worker
+from taskforge_core.events import CancelJobs, DrainWorker, JobFinished
+from taskforge_core.models import WorkerStatus
+
+pytestmark = pytest.mark.anyio
+
+#: Long enough that a reaction within EVENT_LATENCY cannot come from a heartbeat.
+SLOW_HEARTBEAT = 20.0
+#: What "at once" means in these tests (measured: a few milliseconds).
+EVENT_LATENCY = 1.0
+
+
+def closed_port() -> int:
+    """A local TCP port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_app(tmp_path: pathlib.Path, plugin: RedisPlugin) -> TaskForge:
+    """One instance: its own storage connection to the shared SQLite file, the given plugin."""
+    app = TaskForge(f"sqlite:///{tmp_path}/jobs.db", plugins=[plugin])
+    started: dict[str, float] = {}
+    app.started = started  # type: ignore[attr-defined]
+
+    @app.task(name="block")
+    async def block(key: str) -> str:
+        started[key] = time.monotonic()
+        await anyio.sleep(3600)
+        return "never"
+
+    @app.task(name="add")
+    async def add(a: int, b: int) -> int:
+        return a + b
+
+    @app.task(name="nap")
+    async def nap(seconds: float) -> str:
+        await anyio.sleep(seconds)
+        return "rested"
+
+    return app
+
+
+@pytest.fixture
+async def instances(
+    tmp_path: pathlib.Path, redis_plugin: RedisPlugin
+) -> AsyncIterator[tuple[TaskForge, TaskForge]]:
+    a = make_app(tmp_path, redis_plugin)
+    b = make_app(
+        tmp_path, RedisPlugin(redis_plugin.settings.url, prefix=redis_plugin.settings.prefix)
+    )
+    async with a, b:
+        yield a, b
+
+
+@asynccontextmanager
+async def running(worker: Worker, timeout: float = 30.0) -> AsyncIterator[Worker]:
+    with anyio.fail_after(timeout):
+        async with anyio.create_task_group() as tg:
+            await tg.start(worker.run)
+            try:
+                yield worker
+            finally:
+                worker.drain()
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    with anyio.fail_after(timeout):
+        while True:
+            if predicate():
+                return
+            await anyio.sleep(0.005)
+
+
+def slow_worker(app: TaskForge, **options: Any) -> Worker:
+    settings: dict[str, Any] = {
+        "lease": 3 * SLOW_HEARTBEAT,
+        "heartbeat_interval": SLOW_HEARTBEAT,
+        "poll_interval": 0.05,
+        "grace_period": 5.0,
+    }
+    return Worker(app, ["default"], **{**settings, **options})
+
+
+# -- the bus itself ---------------------------------------------------------------------------
+
+
+async def test_every_event_kind_travels_through_redis(redis_plugin: RedisPlugin) -> None:
+    job, other, worker = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    many = tuple(uuid.uuid4() for _ in range(2500))  # split into 3 messages on the wire
+    publisher = RedisEventBus(redis_plugin.settings, "proj")
+    listener = RedisEventBus(redis_plugin.settings, "proj")
+    try:
+        async with listener.subscribe(control=True, finished=[job]) as events:
+            await publisher.publish(
+                [
+                    JobFinished(job_id=other, status=JobStatus.SUCCEEDED),  # not subscribed
+                    JobFinished(job_id=job, status=JobStatus.FAILED),
+                    CancelJobs(job_ids=many),
+                    DrainWorker(worker_id=worker),
+                ]
+            )
+            received = []
+            with anyio.fail_after(5):
+                async for event in events:
+                    received.append(event)
+                    if isinstance(event, DrainWorker):
+                        break
+    finally:
+        await publisher.aclose()
+        await listener.aclose()
+    assert received[0] == JobFinished(job_id=job, status=JobStatus.FAILED)
+    cancelled = [i for e in received if isinstance(e, CancelJobs) for i in e.job_ids]
+    assert cancelled == list(many)
+    assert received[-1] == DrainWorker(worker_id=worker)
+
+
+async def test_projects_do_not_hear_each_other(redis_plugin: RedisPlugin) -> None:
+    ours = RedisEventBus(redis_plugin.settings, "ours")
+    theirs = RedisEventBus(redis_plugin.settings, "theirs")
+    try:
+        async with ours.subscribe(control=True) as events:
+            await theirs.publish([DrainWorker(worker_id=uuid.uuid4())])
+            mine = DrainWorker(worker_id=uuid.uuid4())
+            await ours.publish([mine])
+            with anyio.fail_after(5):
+                first = await anext(aiter(events))
+    finally:
+        await ours.aclose()
+        await theirs.aclose()
+    assert first == mine
+
+
+async def test_garbage_on_the_channel_is_logged_and_skipped(
+    redis_plugin: RedisPlugin, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    bus = RedisEventBus(redis_plugin.settings, "proj")
+    raw = redis.asyncio.Redis.from_url(redis_url)
+    good = DrainWorker(worker_id=uuid.uuid4())
+    try:
+        async with bus.subscribe(control=True) as events:
+            for junk in (b"\xff not json", b'{"v":99,"t":"drain"}', b'{"v":1,"t":"cancel"}', b"[]"):
+                await raw.publish(bus.control_channel, junk)
+            await bus.publish([good])
+            with anyio.fail_after(5):
+                first = await anext(aiter(events))
+    finally:
+        await raw.aclose()
+        await bus.aclose()
+    assert first == good
+    warnings = [r.getMessage() for r in caplog.records if r.name == "taskforge.events"]
+    assert len(warnings) == 4
+    assert any("unknown version 99" in w for w in warnings)
+
+
+# -- two instances ----------------------------------------------------------------------------
+
+
+async def test_a_cancel_on_one_instance_stops_the_job_on_another_at_once(
+    instances: tuple[TaskForge, TaskForge],
+) -> None:
+    a, b = instances
+    worker = slow_worker(b)
+    async with running(worker):
+        job = await a.enqueue("block", ["x"])
+        await wait_until(lambda: "x" in b.started)  # type: ignore[attr-defined]
+        began = time.monotonic()
+        assert await a.cancel(job.id) == [job.id]
+        await wait_until(lambda: worker.running_jobs == 0, timeout=SLOW_HEARTBEAT / 2)
+        latency = time.monotonic() - began
+    assert latency < EVENT_LATENCY, f"took {latency:.3f} s: the heartbeat, not the event"
+    assert worker.stats.cancelled == 1
+    assert worker.stats.succeeded == worker.stats.lost == 0
+    assert (await a.get_job(job.id)).status is JobStatus.CANCELLED
+
+
+async def test_a_drain_from_one_instance_drains_a_worker_of_another(
+    instances: tuple[TaskForge, TaskForge],
+) -> None:
+    a, b = instances
+    worker = slow_worker(b)
+    with anyio.fail_after(SLOW_HEARTBEAT / 2):
+        async with anyio.create_task_group() as tg:
+            await tg.start(worker.run)
+            job = await a.enqueue("nap", [0.3])  # running while the drain begins: finishes
+            await wait_until(lambda: worker.running_jobs == 1)
+            began = time.monotonic()
+            info = await a.drain_worker(worker.id)
+            assert info.status is WorkerStatus.DRAINING
+            await wait_until(lambda: worker.draining)
+            latency = time.monotonic() - began
+        # worker.run returned: it drained and stopped
+    assert latency < EVENT_LATENCY, f"took {latency:.3f} s: the heartbeat, not the event"
+    assert (await a.get_job(job.id)).status is JobStatus.SUCCEEDED
+    (seen,) = [w for w in await a.list_workers() if w.id == worker.id]
+    assert seen.status is WorkerStatus.STOPPED
+
+
+async def test_wait_on_one_instance_wakes_when_another_finishes_the_job(
+    instances: tuple[TaskForge, TaskForge], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Polling alone would next look 1.3 s after the job ends: only the event is fast enough.
+    monkeypatch.setattr("taskforge_core.handle._MAX_POLL_WITH_EVENTS", 60.0)
+    a, b = instances
+    job = await a.enqueue("nap", [1.5])
+    async with running(slow_worker(b)):
+        began = time.monotonic()
+        assert await job.wait(timeout=10) == "rested"
+        waited = time.monotonic() - began
+    assert 1.5 <= waited < 1.5 + EVENT_LATENCY, f"wait returned after {waited:.3f} s"
+
+
+async def test_wait_on_one_instance_wakes_when_another_cancels_the_job(
+    instances: tuple[TaskForge, TaskForge], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("taskforge_core.handle._MAX_POLL_WITH_EVENTS", 60.0)
+    a, b = instances
+    job = await a.enqueue("block", ["never run"])  # no worker: it stays pending
+    async with anyio.create_task_group() as tg:
+
+        async def cancel_later() -> None:
+            await anyio.sleep(1.5)
+            await b.cancel(job.id)
+
+        tg.start_soon(cancel_later)
+        began = time.monotonic()
+        with pytest.raises(JobCancelledError):
+            await job.wait(timeout=10)
+        waited = time.monotonic() - began
+    assert 1.5 <= waited < 1.5 + EVENT_LATENCY
+
+
+# -- when Redis goes away ---------------------------------------------------------------------
+
+
+async def test_with_redis_unreachable_jobs_run_and_cancel_works_by_heartbeat(
+    tmp_path: pathlib.Path,
+) -> None:
+    down = RedisPlugin(f"redis://127.0.0.1:{closed_port()}/0", prefix="unreachable")
+    a, b = make_app(tmp_path, down), make_app(tmp_path, down)
+    heartbeat = 0.5
+    async with a, b:
+        worker = Worker(b, ["default"], lease=3.0, heartbeat_interval=heartbeat, poll_interval=0.05)
+        async with running(worker):
+            jobs = [await a.enqueue("add", [n, n]) for n in range(20)]
+            results = [await job.wait(timeout=10) for job in jobs]
+            blocked = await a.enqueue("block", ["y"])
+            await wait_until(lambda: "y" in b.started)  # type: ignore[attr-defined]
+            began = time.monotonic()
+            assert await a.cancel(blocked.id) == [blocked.id]
+            cancel_took = time.monotonic() - began
+            await wait_until(lambda: worker.running_jobs == 0, timeout=5 * heartbeat)
+            stopped_after = time.monotonic() - began
+    assert results == [2 * n for n in range(20)]
+    assert cancel_took < 0.5, "a Redis that refuses connections must not slow cancel down"
+    assert stopped_after <= heartbeat + 0.5, "the heartbeat still stops the job"
+    assert worker.stats.succeeded == 20
+    assert worker.stats.cancelled == 1
+    (stats,) = await a.queue_stats()
+    counts = {status: n for status, n in stats.counts.items() if n}
+    assert counts == {JobStatus.SUCCEEDED: 20, JobStatus.CANCELLED: 1}
+
+
+async def test_a_subscription_comes_back_after_redis_drops_it(
+    instances: tuple[TaskForge, TaskForge], redis_url: str, redis_prefix: str
+) -> None:
+    a, b = instances
+    worker = slow_worker(b)
+    admin = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        async with running(worker):
+            name = f"{redis_prefix}:events"
+            killed = 0
+            for client in await admin.client_list():
+                if client.get("name") == name and int(client.get("sub", 0)):  # this test's
+                    killed += await admin.client_kill_filter(_id=client["id"])
+            assert killed == 1  # the worker's subscription
+            channel = f"{redis_prefix}:events:default:control"
+
+            async def resubscribed() -> bool:
+                counts = await admin.pubsub_numsub(channel)
+                return bool(counts and counts[0][1] == 1)
+
+            with anyio.fail_after(5):
+                while True:
+                    if await resubscribed():
+                        break
+                    await anyio.sleep(0.02)
+            job = await a.enqueue("block", ["z"])
+            await wait_until(lambda: "z" in b.started)  # type: ignore[attr-defined]
+            began = time.monotonic()
+            await a.cancel(job.id)
+            await wait_until(lambda: worker.running_jobs == 0, timeout=SLOW_HEARTBEAT / 2)
+            latency = time.monotonic() - began
+    finally:
+        await admin.aclose()
+    assert latency < EVENT_LATENCY
+    assert worker.stats.cancelled == 1
+
+
+def test_under_trio_the_plugin_offers_no_bus_and_cancel_still_works(
+    tmp_path: pathlib.Path, redis_plugin: RedisPlugin, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> list[uuid.UUID]:
+        async with make_app(tmp_path, redis_plugin) as app:
+            assert app.event_bus() is None
+            job = await app.enqueue("add", [1, 2])
+            return await app.cancel(job.id)
+
+    with caplog.at_level(logging.WARNING):
+        cancelled = anyio.run(main, backend="trio")
+    assert len(cancelled) == 1
+    assert "Redis events need asyncio" in caplog.text
