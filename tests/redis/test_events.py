@@ -37,6 +37,17 @@ SLOW_HEARTBEAT = 20.0
 EVENT_LATENCY = 1.0
 
 
+#: What "at once" means for a wait: polling alone would answer over 1 s late (slow_polling).
+WAIT_LATENCY = 0.5
+
+
+def slow_polling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let JobHandle.wait's reads back off without a cap: they happen 1.275 s and 2.555 s
+    after it starts, so a wait returning soon after 1.5 s was woken by the event."""
+    monkeypatch.setattr("taskforge_core.handle._MAX_POLL", 60.0)
+    monkeypatch.setattr("taskforge_core.handle._MAX_POLL_WITH_EVENTS", 60.0)
+
+
 def closed_port() -> int:
     """A local TCP port nothing listens on (bound, then released)."""
     with socket.socket() as sock:
@@ -226,21 +237,20 @@ async def test_a_drain_from_one_instance_drains_a_worker_of_another(
 async def test_wait_on_one_instance_wakes_when_another_finishes_the_job(
     instances: tuple[TaskForge, TaskForge], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Polling alone would next look 1.3 s after the job ends: only the event is fast enough.
-    monkeypatch.setattr("taskforge_core.handle._MAX_POLL_WITH_EVENTS", 60.0)
+    slow_polling(monkeypatch)
     a, b = instances
     job = await a.enqueue("nap", [1.5])
     async with running(slow_worker(b)):
         began = time.monotonic()
         assert await job.wait(timeout=10) == "rested"
         waited = time.monotonic() - began
-    assert 1.5 <= waited < 1.5 + EVENT_LATENCY, f"wait returned after {waited:.3f} s"
+    assert 1.5 <= waited < 1.5 + WAIT_LATENCY, f"wait returned after {waited:.3f} s"
 
 
 async def test_wait_on_one_instance_wakes_when_another_cancels_the_job(
     instances: tuple[TaskForge, TaskForge], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("taskforge_core.handle._MAX_POLL_WITH_EVENTS", 60.0)
+    slow_polling(monkeypatch)
     a, b = instances
     job = await a.enqueue("block", ["never run"])  # no worker: it stays pending
     async with anyio.create_task_group() as tg:
@@ -254,7 +264,7 @@ async def test_wait_on_one_instance_wakes_when_another_cancels_the_job(
         with pytest.raises(JobCancelledError):
             await job.wait(timeout=10)
         waited = time.monotonic() - began
-    assert 1.5 <= waited < 1.5 + EVENT_LATENCY
+    assert 1.5 <= waited < 1.5 + WAIT_LATENCY, f"wait returned after {waited:.3f} s"
 
 
 # -- when Redis goes away ---------------------------------------------------------------------
