@@ -22,7 +22,7 @@ from taskforge_core.states import FINAL_STATUSES, JobStatus
 
 if TYPE_CHECKING:
     from taskforge_core.app import TaskForge
-    from taskforge_core.events import Event
+    from taskforge_core.events import Event, EventBus
     from taskforge_core.models import Job
 
 __all__ = ["JobHandle"]
@@ -73,15 +73,21 @@ class JobHandle:
 
         Storage is read at growing intervals (5 ms doubling up to 0.5 s). With an event bus
         (the Redis plugin), the wait also subscribes to the job's
-        :class:`~taskforge_core.events.JobFinished` event — subscribing before the first read,
-        so a job finishing in between is not missed — and re-reads the job as soon as it
-        arrives; the reads then back off to every 2 s. The event only says *when* to look:
-        the result always comes from storage.
+        :class:`~taskforge_core.events.JobFinished` event (unless the job is final already),
+        reads the job once subscribed, so a job finishing in between is not missed, and again
+        as soon as the event arrives; the reads then back off to every 2 s. The event only
+        says *when* to look: the result always comes from storage.
         """
         with anyio.move_on_after(math.inf if timeout is None else timeout):
-            async with AsyncExitStack() as stack:
-                events = await self._subscribe(stack)
-                job = await self._until_final(events)
+            bus = self.app.event_bus()
+            if bus is None:
+                job = await self._until_final(None)
+            else:
+                async with AsyncExitStack() as stack:
+                    stack.push_async_callback(close_quietly, bus)
+                    job = await self.refresh()
+                    if job.status not in FINAL_STATUSES:  # else no need to subscribe
+                        job = await self._until_final(await self._subscribe(stack, bus))
             if job.status is JobStatus.SUCCEEDED:
                 return job.result
             if job.status is JobStatus.FAILED:
@@ -91,12 +97,8 @@ class JobHandle:
             f"job {self.id} was still {self.status.value} after {timeout} s of waiting"
         )
 
-    async def _subscribe(self, stack: AsyncExitStack) -> AsyncIterator[Event] | None:
-        """This job's finished events, or None (no bus, or it failed: poll instead)."""
-        bus = self.app.event_bus()
-        if bus is None:
-            return None
-        stack.push_async_callback(close_quietly, bus)
+    async def _subscribe(self, stack: AsyncExitStack, bus: EventBus) -> AsyncIterator[Event] | None:
+        """This job's finished events, or None if subscribing failed (poll instead)."""
         try:
             return await stack.enter_async_context(bus.subscribe(finished=(self.id,)))
         except Exception as exc:

@@ -289,8 +289,10 @@ async def test_with_redis_unreachable_jobs_run_and_cancel_works_by_heartbeat(
             await wait_until(lambda: worker.running_jobs == 0, timeout=5 * heartbeat)
             stopped_after = time.monotonic() - began
     assert results == [2 * n for n in range(20)]
-    assert cancel_took < 0.5, "a Redis that refuses connections must not slow cancel down"
-    assert stopped_after <= heartbeat + 0.5, "the heartbeat still stops the job"
+    # Generous margins: the machine may be busy. A cancel waiting on Redis would take the
+    # connect timeout (2 s); a job missed by the heartbeat would run on until the 5 s limit.
+    assert cancel_took < 1.0, f"cancel took {cancel_took:.3f} s with Redis unreachable"
+    assert stopped_after < heartbeat + 1.5, f"stopped {stopped_after:.3f} s after the cancel"
     assert worker.stats.succeeded == 20
     assert worker.stats.cancelled == 1
     (stats,) = await a.queue_stats()
