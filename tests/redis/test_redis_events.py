@@ -10,8 +10,10 @@ where a test proves the event path, so only an event can explain a prompt reacti
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
 import socket
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -27,7 +29,8 @@ from taskforge_backends.redis import RedisPlugin
 from taskforge_backends.redis.events import RedisEventBus
 from taskforge_core import JobCancelledError, JobStatus, TaskForge, Worker
 from taskforge_core.events import CancelJobs, DrainWorker, JobFinished
-from taskforge_core.models import WorkerStatus
+from taskforge_core.ids import uuid7
+from taskforge_core.models import NewJob, WorkerStatus
 
 pytestmark = pytest.mark.anyio
 
@@ -350,3 +353,85 @@ def test_under_trio_the_plugin_offers_no_bus_and_cancel_still_works(
         cancelled = anyio.run(main, backend="trio")
     assert len(cancelled) == 1
     assert "Redis events need asyncio" in caplog.text
+
+
+# -- two processes: the command-line worker, configured through the environment --------------
+
+APP_MODULE = """
+import pathlib, time
+import anyio
+from taskforge_core import TaskForge
+
+app = TaskForge("sqlite:///{db}")
+
+@app.task(name="block")
+async def block(key: str) -> None:
+    pathlib.Path(key + ".started").write_text(str(time.time()))
+    try:
+        await anyio.sleep(3600)
+    finally:
+        pathlib.Path(key + ".stopped").write_text(str(time.time()))
+
+@app.task(name="nap")
+async def nap(seconds: float) -> str:
+    await anyio.sleep(seconds)
+    return "rested"
+"""
+
+
+@pytest.mark.slow
+async def test_a_worker_process_obeys_cancel_and_drain_from_another_process(
+    tmp_path: pathlib.Path,
+    redis_plugin: RedisPlugin,
+    redis_url: str,
+    redis_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    db = tmp_path / "jobs.db"
+    (tmp_path / "evapp.py").write_text(APP_MODULE.format(db=db))
+    env = {
+        **os.environ,
+        "TASKFORGE_REDIS_URL": redis_url,
+        "TASKFORGE_REDIS_PREFIX": redis_prefix,
+        "PYTHONPATH": str(tmp_path),
+    }
+    # --lease 60: heartbeats every 20 s, so only events explain a reaction within a second.
+    command = [sys.executable, "-m", "taskforge_core.cli", "worker", "evapp:app", "--lease", "60"]
+    command += ["--poll-interval", "0.05", "--grace-period", "5"]
+    slow_polling(monkeypatch)
+    async with (
+        TaskForge(f"sqlite:///{db}", plugins=[redis_plugin]) as a,
+        await anyio.open_process(command, cwd=tmp_path, env=env, stderr=None) as b,
+    ):
+        try:
+            # This app does not register the tasks: it enqueues them by name, as a web app
+            # would for tasks that only its workers import.
+            (job,) = await a.enqueue_jobs([NewJob(id=uuid7(), task="block", args=("x",))])
+            # The process starts, imports, registers, claims:
+            await wait_until((tmp_path / "x.started").exists, timeout=15)
+            cancelled_at = time.time()
+            await a.cancel(job.id)
+            await wait_until((tmp_path / "x.stopped").exists, timeout=SLOW_HEARTBEAT / 2)
+            cancel_latency = float((tmp_path / "x.stopped").read_text()) - cancelled_at
+
+            (nap,) = await a.enqueue_jobs([NewJob(id=uuid7(), task="nap", args=(1.5,))])
+            began = time.monotonic()
+            assert await nap.wait(timeout=10) == "rested"
+            waited = time.monotonic() - began
+
+            (worker,) = [w for w in await a.list_workers() if w.status is WorkerStatus.RUNNING]
+            began = time.monotonic()
+            await a.drain_worker(worker.id)
+            with anyio.fail_after(SLOW_HEARTBEAT / 2):
+                await b.wait()
+            drain_took = time.monotonic() - began
+        finally:
+            if b.returncode is None:
+                b.kill()
+                with anyio.move_on_after(5, shield=True):
+                    await b.wait()
+    assert cancel_latency < EVENT_LATENCY, f"the job stopped {cancel_latency:.3f} s after"
+    assert 1.5 <= waited < 1.5 + WAIT_LATENCY, f"wait returned after {waited:.3f} s"
+    assert b.returncode == 0
+    assert drain_took < EVENT_LATENCY + 1.0, f"the worker exited {drain_took:.3f} s after"
+    assert (await a.get_job(job.id)).status is JobStatus.CANCELLED
