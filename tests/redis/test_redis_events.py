@@ -2,13 +2,15 @@
 what happens when Redis is unreachable or drops the connection.
 
 Each test runs two TaskForge apps in one process, "instance A" and "instance B", each with its
-own storage connection to one SQLite file and its own Redis connections: everything between
-them goes through storage and Redis, as between two machines. Heartbeats are set long (20 s)
+own storage connection to one SQLite file or PostgreSQL database and its own Redis
+connections: everything between them goes through storage and Redis, as between two machines
+(the last test uses two processes). Heartbeats are set long (20 s)
 where a test proves the event path, so only an event can explain a prompt reaction.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import pathlib
@@ -16,9 +18,10 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import pytest
@@ -58,9 +61,11 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def make_app(tmp_path: pathlib.Path, plugin: RedisPlugin) -> TaskForge:
-    """One instance: its own storage connection to the shared SQLite file, the given plugin."""
-    app = TaskForge(f"sqlite:///{tmp_path}/jobs.db", plugins=[plugin])
+def make_app(where: pathlib.Path | str, plugin: RedisPlugin) -> TaskForge:
+    """One instance: its own storage connection to the shared database (a storage URL, or a
+    folder for a SQLite file), with the given plugin."""
+    url = where if isinstance(where, str) else f"sqlite:///{where}/jobs.db"
+    app = TaskForge(url, plugins=[plugin])
     started: dict[str, float] = {}
     app.started = started  # type: ignore[attr-defined]
 
@@ -82,13 +87,40 @@ def make_app(tmp_path: pathlib.Path, plugin: RedisPlugin) -> TaskForge:
     return app
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[str]:
+    """A database both instances share: a SQLite file, or a PostgreSQL database of its own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/jobs.db"
+        return
+    import asyncpg
+
+    server = request.getfixturevalue("postgres_url")
+    name = f"taskforge_test_{uuid.uuid4().hex[:8]}"
+
+    async def admin(statement: str) -> None:
+        conn = await asyncpg.connect(server)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    parts = urlsplit(server)
+    try:
+        yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
+    finally:
+        asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
 @pytest.fixture
 async def instances(
-    tmp_path: pathlib.Path, redis_plugin: RedisPlugin
+    storage_url: str, redis_plugin: RedisPlugin
 ) -> AsyncIterator[tuple[TaskForge, TaskForge]]:
-    a = make_app(tmp_path, redis_plugin)
+    a = make_app(storage_url, redis_plugin)
     b = make_app(
-        tmp_path, RedisPlugin(redis_plugin.settings.url, prefix=redis_plugin.settings.prefix)
+        storage_url,
+        RedisPlugin(redis_plugin.settings.url, prefix=redis_plugin.settings.prefix),
     )
     async with a, b:
         yield a, b
