@@ -316,6 +316,7 @@ async def test_a_broken_bus_costs_latency_never_a_job(
     tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     broken = BrokenBus()
+    caplog.set_level(logging.WARNING, logger="taskforge")  # whatever other tests set
     async with two_instances(tmp_path, [broken]) as (a, b, clock):
         worker = worker_of(b)
         async with running(worker):

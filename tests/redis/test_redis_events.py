@@ -207,6 +207,7 @@ async def test_projects_do_not_hear_each_other(redis_plugin: RedisPlugin) -> Non
 async def test_garbage_on_the_channel_is_logged_and_skipped(
     redis_plugin: RedisPlugin, redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="taskforge")  # whatever other tests set
     bus = RedisEventBus(redis_plugin.settings, "proj")
     raw = redis.asyncio.Redis.from_url(redis_url)
     good = DrainWorker(worker_id=uuid.uuid4())
@@ -381,7 +382,7 @@ def test_under_trio_the_plugin_offers_no_bus_and_cancel_still_works(
             job = await app.enqueue("add", [1, 2])
             return await app.cancel(job.id)
 
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="taskforge"):
         cancelled = anyio.run(main, backend="trio")
     assert len(cancelled) == 1
     assert "Redis events need asyncio" in caplog.text
