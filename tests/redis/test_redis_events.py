@@ -188,6 +188,28 @@ async def test_every_event_kind_travels_through_redis(redis_plugin: RedisPlugin)
     assert received[-1] == DrainWorker(worker_id=worker)
 
 
+async def test_a_batch_larger_than_one_script_call_arrives_whole(
+    redis_plugin: RedisPlugin,
+) -> None:
+    events = [JobFinished(job_id=uuid.uuid4(), status=JobStatus.SUCCEEDED) for _ in range(2500)]
+    watched = [events[0], events[1000], events[1999], events[2000], events[-1]]
+    publisher = RedisEventBus(redis_plugin.settings, "proj")
+    listener = RedisEventBus(redis_plugin.settings, "proj")
+    try:
+        async with listener.subscribe(finished=[e.job_id for e in watched]) as received:
+            await publisher.publish(events)
+            heard = []
+            with anyio.fail_after(5):
+                async for event in received:
+                    heard.append(event)
+                    if len(heard) == len(watched):
+                        break
+    finally:
+        await publisher.aclose()
+        await listener.aclose()
+    assert heard == watched
+
+
 async def test_projects_do_not_hear_each_other(redis_plugin: RedisPlugin) -> None:
     ours = RedisEventBus(redis_plugin.settings, "ours")
     theirs = RedisEventBus(redis_plugin.settings, "theirs")
