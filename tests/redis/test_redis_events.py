@@ -24,13 +24,14 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
+import anyio.abc
 import pytest
 import redis
 import redis.asyncio
 
 from taskforge_backends.redis import RedisPlugin
 from taskforge_backends.redis.events import RedisEventBus
-from taskforge_core import JobCancelledError, JobStatus, TaskForge, Worker
+from taskforge_core import FakeClock, JobCancelledError, JobStatus, TaskForge, Worker
 from taskforge_core.events import CancelJobs, DrainWorker, JobFinished
 from taskforge_core.ids import uuid7
 from taskforge_core.models import NewJob, WorkerStatus
@@ -61,11 +62,13 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def make_app(where: pathlib.Path | str, plugin: RedisPlugin) -> TaskForge:
+def make_app(
+    where: pathlib.Path | str, plugin: RedisPlugin, clock: FakeClock | None = None
+) -> TaskForge:
     """One instance: its own storage connection to the shared database (a storage URL, or a
     folder for a SQLite file), with the given plugin."""
     url = where if isinstance(where, str) else f"sqlite:///{where}/jobs.db"
-    app = TaskForge(url, plugins=[plugin])
+    app = TaskForge(url, plugins=[plugin], clock=clock)
     started: dict[str, float] = {}
     app.started = started  # type: ignore[attr-defined]
 
@@ -490,3 +493,108 @@ async def test_a_worker_process_obeys_cancel_and_drain_from_another_process(
     assert b.returncode == 0
     assert drain_took < EVENT_LATENCY + 1.0, f"the worker exited {drain_took:.3f} s after"
     assert (await a.get_job(job.id)).status is JobStatus.CANCELLED
+
+
+# -- Redis goes away, then comes back ---------------------------------------------------------
+
+
+class Outage:
+    """A TCP relay in front of the shared Redis that the test can take down and bring back:
+    an outage as the clients see it (connections cut, then refused), without stopping the
+    Redis server other tests use."""
+
+    def __init__(self, redis_url: str) -> None:
+        parts = urlsplit(redis_url)
+        self.target = (parts.hostname or "127.0.0.1", parts.port or 6379)
+        self.db = parts.path or "/0"
+        self.port = 0
+        self._scope: anyio.CancelScope | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}{self.db}"
+
+    async def up(self, tg: anyio.abc.TaskGroup) -> None:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=self.port)
+        self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        self._scope = scope = anyio.CancelScope()
+
+        async def serve() -> None:
+            with scope:
+                async with listener:
+                    await listener.serve(self._relay)
+
+        tg.start_soon(serve)
+
+    def down(self) -> None:
+        """Close the listening socket and every relayed connection."""
+        assert self._scope is not None
+        self._scope.cancel()
+
+    async def _relay(self, client: anyio.abc.SocketStream) -> None:
+        async with client, await anyio.connect_tcp(*self.target) as server:
+
+            async def pump(source: anyio.abc.SocketStream, sink: anyio.abc.SocketStream) -> None:
+                try:
+                    async for chunk in source:
+                        await sink.send(chunk)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    pass
+                await sink.send_eof()
+
+            async with anyio.create_task_group() as pumps:
+                pumps.start_soon(pump, client, server)
+                pumps.start_soon(pump, server, client)
+
+
+async def test_events_missed_in_an_outage_cost_a_heartbeat_and_come_back_with_redis(
+    tmp_path: pathlib.Path, redis_url: str, redis_prefix: str
+) -> None:
+    outage = Outage(redis_url)
+    clock = FakeClock()  # heartbeats happen only when the test moves this clock
+    admin = redis.asyncio.Redis.from_url(redis_url)
+    channel = f"{redis_prefix}:events:default:control"
+
+    async def listeners() -> int:
+        ((_, count),) = await admin.pubsub_numsub(channel)
+        return int(count)
+
+    async def until_listeners(count: int) -> None:
+        with anyio.fail_after(10):  # back-off tops out at 5 s
+            while True:
+                if await listeners() == count:
+                    return
+                await anyio.sleep(0.02)
+
+    try:
+        async with anyio.create_task_group() as relay:
+            await outage.up(relay)
+            a = make_app(tmp_path, RedisPlugin(outage.url, prefix=redis_prefix), clock)
+            b = make_app(tmp_path, RedisPlugin(outage.url, prefix=redis_prefix), clock)
+            async with a, b:
+                worker = Worker(b, ["default"], lease=60, heartbeat_interval=20, poll_interval=0.05)
+                async with running(worker):
+                    assert await listeners() == 1
+
+                    outage.down()
+                    await until_listeners(0)
+                    first = await a.enqueue("block", ["first"])
+                    await wait_until(lambda: "first" in b.started)  # type: ignore[attr-defined]
+                    assert await a.cancel(first.id) == [first.id]  # stored; the event is lost
+                    await anyio.sleep(0.5)
+                    assert worker.running_jobs == 1, "no event can arrive during the outage"
+                    clock.advance(20)  # the heartbeat stops it
+                    await wait_until(lambda: worker.running_jobs == 0)
+
+                    await outage.up(relay)  # same port: Redis is back
+                    await until_listeners(1)  # the worker subscribed again by itself
+                    second = await a.enqueue("block", ["second"])
+                    await wait_until(lambda: "second" in b.started)  # type: ignore[attr-defined]
+                    await a.cancel(second.id)
+                    await wait_until(lambda: worker.running_jobs == 0, timeout=EVENT_LATENCY)
+                assert worker.stats.cancelled == 2
+                for job in (first, second):
+                    assert (await job.refresh()).status is JobStatus.CANCELLED
+            outage.down()
+    finally:
+        await admin.aclose()
