@@ -30,7 +30,9 @@ from taskforge_core.errors import (
     UnknownSchemeError,
     UnknownTaskError,
     WaitTimeoutError,
+    WorkerNotFoundError,
 )
+from taskforge_core.events import EventBus, LocalEventBus
 from taskforge_core.handle import JobHandle
 from taskforge_core.hookspecs import hookimpl
 from taskforge_core.models import ErrorInfo, Job, NewJob
@@ -52,6 +54,7 @@ __all__ = [
     "ConfigurationError",
     "DependencyError",
     "ErrorInfo",
+    "EventBus",
     "FakeClock",
     "InvalidCronError",
     "InvalidJobError",
@@ -64,6 +67,7 @@ __all__ = [
     "JobNotFoundError",
     "JobStatus",
     "JobTimeoutError",
+    "LocalEventBus",
     "MissingExtraError",
     "NewJob",
     "PayloadTooLargeError",
@@ -86,6 +90,7 @@ __all__ = [
     "UnknownTaskError",
     "WaitTimeoutError",
     "Worker",
+    "WorkerNotFoundError",
     "WorkerStats",
     "current_job",
     "hookimpl",

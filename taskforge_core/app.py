@@ -16,10 +16,33 @@ import attrs
 
 from taskforge_core.backends import BackendConfig, create_storage, url_scheme
 from taskforge_core.clock import Clock, SystemClock
-from taskforge_core.errors import ConfigurationError, JobNotFoundError, UnknownTaskError
+from taskforge_core.errors import (
+    ConfigurationError,
+    JobNotFoundError,
+    UnknownTaskError,
+    WorkerNotFoundError,
+)
+from taskforge_core.events import (
+    CancelJobs,
+    DrainWorker,
+    Event,
+    EventBus,
+    JobFinished,
+    close_quietly,
+    publish_quietly,
+)
 from taskforge_core.handle import JobHandle
 from taskforge_core.middleware import ExecutionMiddleware
-from taskforge_core.models import DEFAULT_PROJECT, DEFAULT_QUEUE, Job, JobFilter, NewJob, Page
+from taskforge_core.models import (
+    DEFAULT_PROJECT,
+    DEFAULT_QUEUE,
+    Job,
+    JobFilter,
+    NewJob,
+    Page,
+    WorkerInfo,
+    WorkerStatus,
+)
 from taskforge_core.plugins import create_plugin_manager
 from taskforge_core.protocols import Capability
 from taskforge_core.ratelimit import RateLimit, RateLimits
@@ -388,9 +411,70 @@ class TaskForge:
 
     async def cancel(self, *job_ids: uuid.UUID | str) -> list[uuid.UUID]:
         """Cancel jobs (a running one is interrupted) and their descendants; returns every id
-        that was cancelled."""
+        that was cancelled.
+
+        The cancel is stored first; a worker running one of the jobs interrupts it at its next
+        heartbeat (``heartbeat_interval``, ``lease / 3`` by default). With an event bus (the
+        Redis plugin), a :class:`~taskforge_core.events.CancelJobs` event then reaches that
+        worker at once, and :class:`~taskforge_core.events.JobFinished` events wake
+        ``JobHandle.wait`` on every instance. The event names every cancelled id, not only the
+        running ones: telling them apart would need a read before the write, and a job claimed
+        in between would then be missed; a worker ignores ids it does not run.
+        """
         ids = [_as_uuid(j) for j in job_ids]
-        return await (await self.storage()).cancel(ids, self.project)
+        cancelled = await (await self.storage()).cancel(ids, self.project)
+        if cancelled:
+            events: list[Event] = [CancelJobs(job_ids=tuple(cancelled))]
+            events += [JobFinished(job_id=i, status=JobStatus.CANCELLED) for i in cancelled]
+            await self._publish(events)
+        return cancelled
+
+    # -- workers -------------------------------------------------------------------------
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        """Workers registered in this project (stopped ones too), as storage records them."""
+        return await (await self.storage()).list_workers(self.project)
+
+    async def drain_worker(self, worker_id: uuid.UUID | str) -> WorkerInfo:
+        """Ask a worker — in this process or any other — to drain: claim nothing more, let its
+        running jobs finish within its grace period, then exit. Returns the worker as it is
+        now (status ``draining``, or ``stopped`` if it had already stopped: nothing to do).
+
+        The request is stored first (the worker's status becomes ``draining``); the worker
+        sees it at its next heartbeat, or at once through a
+        :class:`~taskforge_core.events.DrainWorker` event when an event bus is configured.
+        Raises :class:`WorkerNotFoundError` for an id this project does not know.
+        """
+        uid = _as_worker_id(worker_id)
+        storage = await self.storage()
+        found = [w for w in await storage.list_workers(self.project) if w.id == uid]
+        if not found:
+            raise WorkerNotFoundError(f"no worker with id {uid} in project {self.project!r}")
+        worker = found[0]
+        if worker.status is WorkerStatus.STOPPED:
+            return worker
+        if worker.status is not WorkerStatus.DRAINING:
+            await storage.set_worker_status(uid, WorkerStatus.DRAINING)
+        await self._publish([DrainWorker(worker_id=uid)])  # again if draining: harmless
+        return attrs.evolve(worker, status=WorkerStatus.DRAINING)
+
+    # -- events --------------------------------------------------------------------------
+
+    def event_bus(self) -> EventBus | None:
+        """A new :class:`~taskforge_core.events.EventBus` from the ``taskforge_event_bus``
+        hook (close it with ``aclose()``), or None when no plugin provides one."""
+        bus: EventBus | None = self.plugins.hook.taskforge_event_bus(app=self)
+        return bus
+
+    async def _publish(self, events: Sequence[Event]) -> None:
+        """Tell the other instances, best effort: the change is stored already."""
+        bus = self.event_bus()
+        if bus is None:
+            return
+        try:
+            await publish_quietly(bus, events)
+        finally:
+            await close_quietly(bus)
 
     # -- dead-letter queue ---------------------------------------------------------------
 
@@ -483,6 +567,15 @@ def _as_uuid(value: uuid.UUID | str) -> uuid.UUID:
         return uuid.UUID(str(value))
     except ValueError:
         raise JobNotFoundError(f"{value!r} is not a job id (expected a UUID)") from None
+
+
+def _as_worker_id(value: uuid.UUID | str) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise WorkerNotFoundError(f"{value!r} is not a worker id (expected a UUID)") from None
 
 
 def _as_status(value: JobStatus | str) -> JobStatus:

@@ -21,8 +21,13 @@ from typing import Any, NoReturn
 import anyio
 
 from taskforge_core.app import DEFAULT_URL, TaskForge
-from taskforge_core.errors import ConfigurationError, InvalidJobError, TaskForgeError
-from taskforge_core.models import Job
+from taskforge_core.errors import (
+    ConfigurationError,
+    InvalidJobError,
+    TaskForgeError,
+    WorkerNotFoundError,
+)
+from taskforge_core.models import Job, WorkerStatus
 from taskforge_core.retention import RetentionPolicy, describe
 from taskforge_core.serialization import converter
 from taskforge_core.states import JobStatus
@@ -106,6 +111,13 @@ def _job_id(text: str) -> uuid.UUID:
         return uuid.UUID(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a job id: {text!r}") from None
+
+
+def _worker_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a worker id: {text!r}") from None
 
 
 # -- the parser -------------------------------------------------------------------------------
@@ -204,6 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="replay cancelled jobs too (the rest of a failed dependency chain)",
             )
+
+    workers = commands.add_parser("workers", help="list workers, and drain one from anywhere")
+    workers_cmd = workers.add_subparsers(dest="workers_command", required=True, metavar="ACTION")
+    workers_list = workers_cmd.add_parser("list", help="registered workers, with their status")
+    workers_list.add_argument("--all", action="store_true", help="stopped workers too")
+    workers_list.add_argument("--json", action="store_true", help="one JSON object per line")
+    workers_drain = workers_cmd.add_parser(
+        "drain",
+        help="ask workers to stop claiming, finish their running jobs (grace period) and exit",
+    )
+    workers_drain.add_argument("ids", type=_worker_id, nargs="+", metavar="WORKER_ID")
 
     queues = commands.add_parser("queues", help="job counts per queue and status")
     queues.add_argument("--pause", metavar="QUEUE", help="stop workers claiming from QUEUE")
@@ -437,6 +460,41 @@ async def cmd_dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_workers(args: argparse.Namespace) -> int:
+    app = _app_for(args)
+    try:
+        if args.workers_command == "list":
+            found = await app.list_workers()
+            if not args.all:
+                found = [w for w in found if w.status is not WorkerStatus.STOPPED]
+            for worker in found:
+                if args.json:
+                    print(json.dumps(converter.unstructure(worker)))
+                    continue
+                queues = ",".join(f"{a.queue}:{a.weight}" for a in worker.queues)
+                beat = worker.last_heartbeat_at.isoformat() if worker.last_heartbeat_at else "-"
+                print(
+                    f"{worker.id}  {worker.status.value:<9} {worker.name:<24} "
+                    f"c={worker.concurrency} queues={queues} heartbeat={beat}"
+                )
+            return 0
+        failed = False
+        for worker_id in args.ids:
+            try:
+                worker = await app.drain_worker(worker_id)
+            except WorkerNotFoundError as exc:
+                print(f"not drained: {exc}", file=sys.stderr)
+                failed = True
+                continue
+            if worker.status is WorkerStatus.STOPPED:
+                print(f"already stopped {worker_id} ({worker.name})")
+            else:
+                print(f"draining {worker_id} ({worker.name})")
+        return EXIT_FAILED if failed else 0
+    finally:
+        await app.close()
+
+
 async def cmd_queues(args: argparse.Namespace) -> int:
     app = _app_for(args)
     try:
@@ -495,6 +553,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "enqueue": cmd_enqueue,
     "jobs": cmd_jobs,
     "dlq": cmd_dlq,
+    "workers": cmd_workers,
     "queues": cmd_queues,
     "migrate": cmd_migrate,
     "prune": cmd_prune,

@@ -18,6 +18,7 @@ one of Python's own kinds (a bad value, a missing key, a time-out), it subclasse
     │   ├── DependencyError            a parent that does not exist, or a cycle
     │   └── QueueError                 an unknown queue in strict mode
     ├── JobNotFoundError (LookupError)
+    ├── WorkerNotFoundError (LookupError)  no worker has that id (``app.drain_worker``)
     ├── InvalidTransitionError         a state change the transition table does not allow
     ├── JobFailedError                 ``JobHandle.wait`` on a job that failed
     ├── JobCancelledError              ``JobHandle.wait`` on a job that was cancelled
@@ -60,6 +61,7 @@ __all__ = [
     "UnknownSchemeError",
     "UnknownTaskError",
     "WaitTimeoutError",
+    "WorkerNotFoundError",
 ]
 
 
@@ -109,6 +111,10 @@ class QueueError(InvalidJobError):
 
 class JobNotFoundError(TaskForgeError, LookupError):
     """No job has the given id (in this project)."""
+
+
+class WorkerNotFoundError(TaskForgeError, LookupError):
+    """No worker with the given id is registered (in this project)."""
 
 
 class InvalidTransitionError(TaskForgeError):

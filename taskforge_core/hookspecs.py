@@ -20,6 +20,7 @@ import pluggy
 if TYPE_CHECKING:
     from taskforge_core.app import TaskForge
     from taskforge_core.backends import BackendSpec
+    from taskforge_core.events import EventBus
     from taskforge_core.middleware import ExecutionMiddleware
     from taskforge_core.models import Job
     from taskforge_core.ratelimit import RateLimiter
@@ -131,3 +132,22 @@ def taskforge_scheduler(app: TaskForge) -> Scheduler | None:
 def taskforge_rate_limiter(app: TaskForge) -> RateLimiter | None:
     """Return the rate limiter workers consult before running a rate-limited task, or None.
     The first non-None answer wins; the core's in-process limiter answers last."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Events between instances
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def taskforge_event_bus(app: TaskForge) -> EventBus | None:
+    """Return an :class:`~taskforge_core.events.EventBus` connecting ``app`` to the other
+    instances of its project, or None to let another plugin decide.
+
+    Called for each use — once per worker run, per ``app.cancel`` / ``app.drain_worker``, per
+    ``JobHandle.wait`` — on the event loop that will use the bus; the caller closes it with
+    ``aclose()`` afterwards, so return a new object unless the bus holds no connections. It
+    must be cheap: open connections on first use, not here. The first non-None answer wins;
+    with none, TaskForge publishes nothing and relies on storage alone (heartbeats, polling),
+    exactly as without events.
+    """

@@ -21,6 +21,10 @@ One task group owns everything a worker does:
   one ``complete``, one ``retry`` and one ``fail`` call (and one ``add_logs``);
 * the **heartbeater** extends the leases of held jobs, interrupts jobs the storage says this
   worker lost (lease expired, job cancelled), and starts a drain asked for through storage;
+* with an event bus (``taskforge_event_bus`` hook, e.g. the Redis plugin), a **listener** that
+  sends a heartbeat at once when a ``CancelJobs`` event names a job this worker runs or a
+  ``DrainWorker`` event names this worker, and an **announcer** that publishes ``JobFinished``
+  for the final outcomes storage accepted (see :mod:`taskforge_core.events`);
 * the **reclaimer** takes back jobs whose lease expired (this is how jobs of a worker killed
   with SIGKILL come back);
 * the **notifier** waits for the backend's wake-up on behalf of the idle claimer;
@@ -72,6 +76,13 @@ from taskforge_core.errors import (
     StorageUnavailableError,
     UnknownTaskError,
 )
+from taskforge_core.events import (
+    CancelJobs,
+    DrainWorker,
+    JobFinished,
+    close_quietly,
+    publish_quietly,
+)
 from taskforge_core.ids import uuid7
 from taskforge_core.middleware import run_with_middleware
 from taskforge_core.models import (
@@ -101,6 +112,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup, TaskStatus
 
     from taskforge_core.app import TaskForge
+    from taskforge_core.events import EventBus
     from taskforge_core.middleware import ExecutionMiddleware
     from taskforge_core.protocols import Storage
     from taskforge_core.ratelimit import RateLimiter
@@ -127,6 +139,14 @@ IDLE_SCAN_LIMIT = 10_000
 #: this many seconds, or ``poll_interval`` if longer; later ones are left for another run.
 IDLE_HORIZON = 5.0
 _IDLE_SCAN_PAGE = 500
+#: JobFinished events kept while the event bus refuses them; older ones are dropped (waiters
+#: then see the outcome at their next read of storage).
+MAX_BUFFERED_EVENTS = 10_000
+#: Final outcomes announced with a JobFinished event.
+_FINAL_OUTCOMES = {
+    ExecutionStatus.SUCCEEDED: JobStatus.SUCCEEDED,
+    ExecutionStatus.FAILED: JobStatus.FAILED,
+}
 
 
 @attrs.define(kw_only=True)
@@ -317,6 +337,10 @@ class Worker:
         #: Rate-limit key -> the latest time a refused job of that key was given back for.
         self._deferred_until: dict[str, dt.datetime] = {}
         self._thread_limiter: anyio.CapacityLimiter | None = None
+        # Events between instances (None: no plugin provides a bus).
+        self._events: EventBus | None = None
+        self._finished: list[JobFinished] = []
+        self._finished_ready: anyio.Event | None = None
 
     def __repr__(self) -> str:
         state = "draining" if self._draining else "running" if self._tg else "idle"
@@ -397,6 +421,7 @@ class Worker:
         storage = self._storage = await self.app.storage()
         self._limiter = self.app.plugins.hook.taskforge_rate_limiter(app=self.app)
         self._middleware = self.app.execution_middleware()
+        self._events = self.app.event_bus()
         self._start_time = time.monotonic()
         await self._register(storage)
         logger.info(
@@ -416,6 +441,9 @@ class Worker:
                 tg.start_soon(self._heartbeater, name="taskforge heartbeater")
                 tg.start_soon(self._reclaimer, name="taskforge reclaimer")
                 tg.start_soon(self._notifier, name="taskforge notifier")
+                if self._events is not None:
+                    await tg.start(self._listen, self._events, name="taskforge event listener")
+                    tg.start_soon(self._announce, self._events, name="taskforge announcer")
                 if handle_signals:
                     await tg.start(self._watch_signals, name="taskforge signals")
                 if self.run_scheduler:
@@ -921,6 +949,10 @@ class Worker:
                 _call_hook(
                     hook, app=self.app, job=job, outcome=status, run_seconds=outcome.run_seconds
                 )
+            if self._events is not None and status in _FINAL_OUTCOMES:
+                self._finished.append(JobFinished(job_id=job.id, status=_FINAL_OUTCOMES[status]))
+        if self._finished and self._finished_ready is not None:
+            self._finished_ready.set()
 
     # -- leases ----------------------------------------------------------------------------
 
@@ -932,26 +964,32 @@ class Worker:
         return held
 
     async def _heartbeater(self) -> None:
-        storage = self._require_storage()
-        lease = dt.timedelta(seconds=self.lease)
         while True:
             await self.app.clock.sleep(self.heartbeat_interval)
-            try:
-                status, lost = await storage.heartbeat(self.id, self._held(), lease)
-            except Exception as exc:  # StorageError, or a backend bug: never crash the worker
-                logger.warning(
-                    "heartbeat failed, trying again in %g s: %s", self.heartbeat_interval, exc
-                )
-                continue
-            if lost:
-                await self._abandon(lost)
-            if status is not WorkerStatus.RUNNING and not self._draining:
-                logger.info("worker %s is %s in storage", self.name, status.value)
-                self.drain()
+            await self._beat()
+
+    async def _beat(self) -> None:
+        """One heartbeat: extend leases, interrupt lost jobs, drain if storage says so."""
+        storage = self._require_storage()
+        lease = dt.timedelta(seconds=self.lease)
+        try:
+            status, lost = await storage.heartbeat(self.id, self._held(), lease)
+        except Exception as exc:  # StorageError, or a backend bug: never crash the worker
+            logger.warning(
+                "heartbeat failed, trying again in %g s: %s", self.heartbeat_interval, exc
+            )
+            return
+        if lost:
+            await self._abandon(lost)
+        if status is not WorkerStatus.RUNNING and not self._draining:
+            logger.info("worker %s is %s in storage", self.name, status.value)
+            self.drain()
 
     async def _abandon(self, lost: Sequence[uuid.UUID]) -> None:
         """Interrupt the jobs storage says this worker no longer holds; report nothing."""
+        # Not those already interrupted: an event-driven heartbeat may overlap a scheduled one.
         entries = [self._running[i] for i in lost if i in self._running]
+        entries = [entry for entry in entries if not entry.lost]
         for entry in entries:
             entry.lost = True
             entry.scope.cancel()
@@ -986,6 +1024,62 @@ class Worker:
                     job.id,
                     job.task,
                 )
+
+    # -- events between instances ----------------------------------------------------------
+
+    async def _listen(self, bus: EventBus, *, task_status: TaskStatus[None]) -> None:
+        """Act on control events by asking storage at once (a heartbeat), never by trusting
+        the event: a stale, duplicated or forged event costs one heartbeat, and the heartbeat's
+        answer fences the job exactly as a scheduled one would. While it runs, later events
+        wait in the subscription, and those it already settled no longer concern this worker.
+        Started (``task_status``) once subscribed, so a cancel issued after ``run`` reported
+        started reaches it."""
+        started = False
+        while True:
+            try:
+                async with bus.subscribe(control=True) as events:
+                    if not started:
+                        started = True
+                        task_status.started()
+                    async for event in events:
+                        if self._concerns_me(event):
+                            await self._beat()
+            except Exception:  # a broken bus costs latency, never the worker
+                logger.exception("the event listener failed; restarting it")
+            if not started:
+                started = True
+                task_status.started()
+            await anyio.sleep(max(1.0, self.poll_interval))
+
+    def _concerns_me(self, event: object) -> bool:
+        if isinstance(event, CancelJobs):
+            ids = set(event.job_ids)
+            return any(
+                entry.claimed.job.id in ids and not entry.lost for entry in self._running.values()
+            )
+        if isinstance(event, DrainWorker):
+            return event.worker_id == self.id and not self._draining
+        return False
+
+    async def _announce(self, bus: EventBus) -> None:
+        """Publish JobFinished for the outcomes the acknowledger got accepted, in batches."""
+        self._finished_ready = ready = anyio.Event()
+        while True:
+            await ready.wait()
+            self._finished_ready = ready = anyio.Event()
+            batch, self._finished = self._finished, []
+            if len(batch) > MAX_BUFFERED_EVENTS:
+                del batch[:-MAX_BUFFERED_EVENTS]
+            await publish_quietly(bus, batch)
+
+    async def _close_events(self) -> None:
+        """Announce the outcomes of the last reports, and close the bus (runs shielded)."""
+        bus, self._events = self._events, None
+        if bus is None:
+            return
+        batch, self._finished = self._finished, []
+        await publish_quietly(bus, batch[-MAX_BUFFERED_EVENTS:])
+        await close_quietly(bus)
 
     async def _reclaimer(self) -> None:
         storage = self._require_storage()
@@ -1081,6 +1175,7 @@ class Worker:
             await self._storage.set_worker_status(self.id, WorkerStatus.STOPPED)
         except StorageError as exc:
             logger.warning("could not record that worker %s stopped: %s", self.name, exc)
+        await self._close_events()
 
     # -- helpers ---------------------------------------------------------------------------
 

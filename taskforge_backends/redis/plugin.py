@@ -6,6 +6,8 @@ imported only by the components, when a worker first uses them.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 from typing import TYPE_CHECKING
 
@@ -13,9 +15,11 @@ from taskforge_backends.redis._settings import DEFAULT_PREFIX, RedisSettings
 from taskforge_core.hookspecs import hookimpl
 
 if TYPE_CHECKING:
+    from taskforge_backends.redis.events import RedisHealth
     from taskforge_backends.redis.ratelimit import RedisRateLimiter
     from taskforge_backends.redis.scheduler import SchedulerConfig, Schedules
     from taskforge_core.app import TaskForge
+    from taskforge_core.events import EventBus
     from taskforge_core.scheduler import Scheduler
 
 __all__ = ["ENV_PREFIX", "ENV_URL", "RedisPlugin", "taskforge_app_created"]
@@ -24,6 +28,8 @@ __all__ = ["ENV_PREFIX", "ENV_URL", "RedisPlugin", "taskforge_app_created"]
 ENV_URL = "TASKFORGE_REDIS_URL"
 #: Optional key prefix for the plugins enabled through :data:`ENV_URL`.
 ENV_PREFIX = "TASKFORGE_REDIS_PREFIX"
+
+logger = logging.getLogger("taskforge.redis")
 
 
 class RedisPlugin:
@@ -43,6 +49,8 @@ class RedisPlugin:
         self.settings = RedisSettings(url=url, prefix=prefix)
         #: Settings of the cron scheduler (lease, missed-tick policy); None for the defaults.
         self.scheduler_config = scheduler
+        self._warned_no_asyncio = False
+        self._event_health: RedisHealth | None = None
 
     def __repr__(self) -> str:
         return f"<RedisPlugin {self.settings.url} prefix={self.settings.prefix!r}>"
@@ -74,6 +82,30 @@ class RedisPlugin:
         from taskforge_backends.redis.scheduler import Schedules
 
         return Schedules(self.settings)
+
+    @hookimpl
+    def taskforge_event_bus(self, app: TaskForge) -> EventBus | None:
+        """A new :class:`~taskforge_backends.redis.events.RedisEventBus` for ``app``'s project.
+
+        None outside asyncio (redis.asyncio cannot run under trio): events are only a faster
+        path, so TaskForge then works from storage alone (heartbeats, polling), with one
+        warning per plugin rather than an error.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            if not self._warned_no_asyncio:
+                self._warned_no_asyncio = True
+                logger.warning(
+                    "Redis events need asyncio (redis.asyncio): this event loop gets none; "
+                    "cancels and drains take effect at the next heartbeat"
+                )
+            return None
+        from taskforge_backends.redis.events import RedisEventBus, RedisHealth
+
+        if self._event_health is None:
+            self._event_health = RedisHealth()
+        return RedisEventBus(self.settings, app.project, self._event_health)
 
 
 @hookimpl

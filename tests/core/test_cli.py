@@ -229,3 +229,54 @@ def test_replay_with_cancelled_jobs_resumes_a_failed_chain(
         return [job.status for job in jobs]
 
     assert anyio.run(statuses) == [JobStatus.PENDING, JobStatus.BLOCKED]
+
+
+def _register_worker(url: str, name: str) -> str:
+    """A worker record as a running worker on another machine leaves it; returns its id."""
+    import anyio
+
+    from taskforge_core import TaskForge
+    from taskforge_core.ids import uuid7
+    from taskforge_core.models import WorkerInfo
+
+    async def register() -> str:
+        async with TaskForge(url) as app:
+            info = WorkerInfo(id=uuid7(), name=name, hostname="elsewhere", pid=1, concurrency=4)
+            await (await app.storage()).register_worker(info)
+            return str(info.id)
+
+    return anyio.run(register)
+
+
+def test_workers_list_and_drain(
+    app_path: str, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "worker", app_path, "--burst", "--poll-interval", "0.05")[0] == 0
+    remote = _register_worker(f"sqlite:///{tmp_path}/cli.db", "far-away")
+    code, out, _ = run(capsys, "workers", "list")
+    assert code == 0
+    assert [line.split()[:3] for line in out.splitlines()] == [[remote, "running", "far-away"]]
+    code, out, _ = run(capsys, "workers", "list", "--all", "--json")
+    statuses = sorted(json.loads(line)["status"] for line in out.splitlines())
+    assert statuses == ["running", "stopped"]
+    stopped = next(json.loads(line)["id"] for line in out.splitlines() if '"stopped"' in line)
+
+    code, out, _ = run(capsys, "workers", "drain", remote, stopped)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == f"draining {remote} (far-away)"
+    assert lines[1].startswith(f"already stopped {stopped} (")
+    code, out, _ = run(capsys, "workers", "list")
+    assert out.split()[1] == "draining"
+
+
+def test_draining_unknown_or_malformed_workers_fails(
+    app_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = "0190a000-0000-7000-8000-000000000000"
+    code, _, err = run(capsys, "workers", "drain", missing)
+    assert code == 1
+    assert f"no worker with id {missing}" in err
+    code, _, err = run(capsys, "workers", "drain", "nope")
+    assert code == 2
+    assert "not a worker id: 'nope'" in err
