@@ -357,6 +357,7 @@ class StorageConformance:
         past = new_job(scheduled_for=now - dt.timedelta(seconds=60))
         stored = await env.enqueue(later, past)
         assert [job.status for job in stored] == [_S, _P]
+        assert [job.scheduled_for for job in stored] == [later.scheduled_for, past.scheduled_for]
         assert await env.claim_ids() == [past.id]
         env.clock.advance(59)
         assert await env.claim_ids() == []
