@@ -314,6 +314,7 @@ def test_an_injected_clock_is_declared_and_the_system_clock_means_the_servers() 
         Capability.TRANSACTIONAL_ENQUEUE,
         Capability.LOCAL_WAKEUP,
         Capability.CROSS_PROCESS_WAKEUP,
+        Capability.PRUNE,
     }
     assert faked == common | {Capability.INJECTABLE_CLOCK}
     assert real == common
