@@ -13,7 +13,6 @@ do too.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import os
 import pathlib
@@ -25,12 +24,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import anyio
 import asyncpg
 import pluggy
 import pytest
+from pg_databases import RESET, execute, new_database, with_database
 
 from taskforge_backends.postgres import PostgresStorage
 from taskforge_backends.postgres._migrations import apply_migrations, available_migrations
@@ -68,23 +68,6 @@ WORKER = uuid.UUID("00000000-0000-7000-8000-00000000000a")
 LEASE = dt.timedelta(seconds=30)
 BOOM = ErrorInfo(type="ValueError", message="boom", traceback="Traceback ...")
 
-#: Empties every table but the migration record, keeping the default organization and
-#: project (DELETE: much faster than TRUNCATE on tables this small).
-RESET = """
-DELETE FROM taskforge.execution_logs;
-DELETE FROM taskforge.job_executions;
-DELETE FROM taskforge.job_dependencies;
-DELETE FROM taskforge.queue_worker_assignments;
-DELETE FROM taskforge.workers;
-DELETE FROM taskforge.jobs;
-DELETE FROM taskforge.job_queues;
-DELETE FROM taskforge.api_keys;
-DELETE FROM taskforge.users;
-DELETE FROM taskforge.subscriptions;
-DELETE FROM taskforge.projects WHERE slug <> 'default';
-DELETE FROM taskforge.organizations WHERE slug <> 'default';
-"""
-
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
@@ -97,36 +80,11 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
-
-
-async def admin(url: str, *statements: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="module")
 def database_url(postgres_url: str) -> Iterator[str]:
-    """A database of this module's own, created empty and dropped at the end."""
-    name = f"taskforge_test_{secrets.token_hex(4)}"
-    asyncio.run(admin(postgres_url, f'CREATE DATABASE "{name}"'))
-    url = with_database(postgres_url, name)
-
-    async def migrate() -> None:
-        async with PostgresStorage(url):
-            pass
-
-    try:
-        asyncio.run(migrate())
+    """A migrated database of this module's own, dropped at the end."""
+    with new_database(postgres_url) as url:
         yield url
-    finally:
-        asyncio.run(admin(postgres_url, f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture
@@ -137,7 +95,7 @@ def clock() -> FakeClock:
 @pytest.fixture
 async def url(database_url: str) -> str:
     """The module's database, migrated and emptied for this test."""
-    await admin(database_url, RESET)
+    await execute(database_url, RESET)
     return database_url
 
 
@@ -380,7 +338,7 @@ async def test_a_killed_connection_fails_at_most_one_call_then_the_pool_recovers
         f"{url}?min_size=1&max_size=1&application_name={name}", BackendConfig(clock=clock)
     ) as storage:
         await storage.enqueue([new()])
-        await admin(
+        await execute(
             url,
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             f"WHERE application_name = '{name}'",
@@ -440,14 +398,11 @@ async def test_migrations_are_recorded_and_applied_once(url: str) -> None:
 @pytest.fixture
 def fresh_databases(postgres_url: str) -> Iterator[list[str]]:
     """Two more empty databases for tests that need a blank slate."""
-    names = [f"taskforge_test_{secrets.token_hex(4)}" for _ in range(2)]
-    for name in names:
-        asyncio.run(admin(postgres_url, f'CREATE DATABASE "{name}"'))
-    try:
-        yield [with_database(postgres_url, name) for name in names]
-    finally:
-        for name in names:
-            asyncio.run(admin(postgres_url, f'DROP DATABASE "{name}" WITH (FORCE)'))
+    with (
+        new_database(postgres_url, migrate=False) as first,
+        new_database(postgres_url, migrate=False) as second,
+    ):
+        yield [first, second]
 
 
 @pytest.mark.anyio
@@ -514,7 +469,7 @@ async def test_replaying_every_migration_gives_the_schema_of_schema_sql(
     schema = (
         pathlib.Path(__file__).parents[2] / "taskforge_backends" / "postgres" / "sql" / "schema.sql"
     ).read_text()
-    await admin(from_file, schema)
+    await execute(from_file, schema)
     replayed, declared = await anyio.to_thread.run_sync(lambda: (_dump(migrated), _dump(from_file)))
     assert "CREATE TABLE taskforge.jobs" in replayed
     assert replayed == declared
@@ -683,7 +638,7 @@ async def test_a_queue_deleted_behind_the_cache_of_queue_ids_is_created_again(
 ) -> None:
     await storage.enqueue([new(queue="cached")])
     await storage.enqueue([new(queue="cached")])  # the fast path, from the cache
-    await admin(url, RESET)
+    await execute(url, RESET)
     (job,) = await storage.enqueue([new(queue="cached")])
     assert job.status is JobStatus.PENDING
     assert [q.name for q in await storage.list_queues("default")] == ["cached"]
@@ -815,7 +770,7 @@ async def test_wait_polls_while_the_listener_is_down_and_listens_again(url: str)
         assert listener is not None
         await listening(storage)
         assert listener.listening
-        await admin(
+        await execute(
             url,
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             f"WHERE application_name = '{name}' AND query ILIKE 'LISTEN%'",
