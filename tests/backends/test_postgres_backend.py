@@ -31,6 +31,17 @@ import asyncpg
 import pluggy
 import pytest
 from pg_databases import RESET, execute, new_database, with_database
+from storage_calls import (
+    BOOM,
+    LEASE,
+    all_jobs,
+    claim,
+    claim_request,
+    new,
+    run_to_failure,
+    run_to_success,
+    status,
+)
 
 from taskforge_backends.postgres import PostgresStorage
 from taskforge_backends.postgres._migrations import apply_migrations, available_migrations
@@ -48,26 +59,14 @@ from taskforge_core.errors import (
 )
 from taskforge_core.ids import uuid7
 from taskforge_core.models import (
-    ClaimedJob,
-    ClaimRequest,
     Completion,
-    ErrorInfo,
     ExecutionLog,
     Failure,
-    Job,
-    JobFilter,
     NewJob,
-    QueueShare,
-    RetryRequest,
 )
 from taskforge_core.protocols import Capability, Storage
 from taskforge_core.retention import RetentionPolicy
 from taskforge_core.states import JobStatus
-
-WORKER = uuid.UUID("00000000-0000-7000-8000-00000000000a")
-LEASE = dt.timedelta(seconds=30)
-BOOM = ErrorInfo(type="ValueError", message="boom", traceback="Traceback ...")
-
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
@@ -103,74 +102,6 @@ async def url(database_url: str) -> str:
 async def storage(url: str, clock: FakeClock) -> AsyncIterator[PostgresStorage]:
     async with PostgresStorage(url, BackendConfig(clock=clock)) as opened:
         yield opened
-
-
-def new(task: str = "work", **fields: Any) -> NewJob:
-    return NewJob(id=uuid7(), task=task, **fields)
-
-
-def claim_request(
-    *queues: str,
-    limit: int = 10,
-    worker: uuid.UUID = WORKER,
-    project: str = "default",
-    lease: dt.timedelta = LEASE,
-) -> ClaimRequest:
-    names = queues or ("default",)
-    return ClaimRequest(
-        worker_id=worker,
-        shares=tuple(QueueShare(name=name, limit=limit) for name in names),
-        limit=limit,
-        lease=lease,
-        project=project,
-    )
-
-
-async def claim(storage: PostgresStorage, *queues: str, limit: int = 10) -> list[ClaimedJob]:
-    return await storage.claim(claim_request(*queues, limit=limit))
-
-
-async def one(storage: PostgresStorage, job_id: uuid.UUID, project: str = "default") -> Job:
-    (job,) = await storage.get_jobs([job_id], project)
-    return job
-
-
-async def status(storage: PostgresStorage, job_id: uuid.UUID) -> JobStatus:
-    return (await one(storage, job_id)).status
-
-
-async def run_to_success(storage: PostgresStorage, job_id: uuid.UUID) -> None:
-    """Claim everything runnable and complete ``job_id`` (giving the others back)."""
-    claimed = await claim(storage, (await one(storage, job_id)).queue, limit=100)
-    mine = [c for c in claimed if c.job.id == job_id]
-    assert mine, f"{job_id} was not claimable"
-    ack = await storage.complete([Completion(job_id=job_id, execution_id=mine[0].execution_id)])
-    assert ack.accepted == (job_id,)
-    others = [c for c in claimed if c.job.id != job_id]
-    await storage.retry(
-        [
-            RetryRequest(
-                job_id=c.job.id,
-                execution_id=c.execution_id,
-                run_at=c.job.scheduled_for,
-                consume_attempt=False,
-            )
-            for c in others
-        ]
-    )
-
-
-async def run_to_failure(storage: PostgresStorage, job_id: uuid.UUID) -> None:
-    claimed = [c for c in await claim(storage, limit=100) if c.job.id == job_id]
-    ack = await storage.fail(
-        [Failure(job_id=job_id, execution_id=claimed[0].execution_id, error=BOOM)]
-    )
-    assert ack.accepted == (job_id,)
-
-
-async def all_jobs(storage: PostgresStorage, project: str = "default") -> list[Job]:
-    page = await storage.list_jobs(JobFilter(project=project), limit=1000, cursor=None)
-    return list(page.items)
 
 
 # ---------------------------------------------------------------------------------------------

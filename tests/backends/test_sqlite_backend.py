@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -25,6 +24,17 @@ import anyio
 import anyio.to_thread
 import pluggy
 import pytest
+from storage_calls import (
+    BOOM,
+    LEASE,
+    WORKER,
+    all_jobs,
+    claim,
+    claim_request,
+    new,
+    one,
+    run_to_success,
+)
 
 from taskforge_backends.sqlite import SQLiteStorage
 from taskforge_backends.sqlite._url import parse_url
@@ -40,24 +50,14 @@ from taskforge_core.errors import (
 )
 from taskforge_core.ids import uuid7
 from taskforge_core.models import (
-    ClaimedJob,
     ClaimRequest,
     Completion,
-    ErrorInfo,
     Failure,
-    Job,
-    JobFilter,
-    NewJob,
     QueueShare,
     RetryRequest,
 )
 from taskforge_core.protocols import Capability, Storage
 from taskforge_core.states import JobStatus
-
-WORKER = uuid.UUID("00000000-0000-7000-8000-00000000000a")
-LEASE = dt.timedelta(seconds=30)
-BOOM = ErrorInfo(type="ValueError", message="boom", traceback="Traceback ...")
-
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
@@ -82,62 +82,6 @@ def db_path(tmp_path: pathlib.Path) -> pathlib.Path:
 async def storage(db_path: pathlib.Path, clock: FakeClock) -> AsyncIterator[SQLiteStorage]:
     async with SQLiteStorage(file_url(db_path), BackendConfig(clock=clock)) as opened:
         yield opened
-
-
-def new(task: str = "work", **fields: Any) -> NewJob:
-    return NewJob(id=uuid7(), task=task, **fields)
-
-
-def claim_request(
-    *queues: str,
-    limit: int = 10,
-    worker: uuid.UUID = WORKER,
-    project: str = "default",
-    lease: dt.timedelta = LEASE,
-) -> ClaimRequest:
-    names = queues or ("default",)
-    return ClaimRequest(
-        worker_id=worker,
-        shares=tuple(QueueShare(name=name, limit=limit) for name in names),
-        limit=limit,
-        lease=lease,
-        project=project,
-    )
-
-
-async def claim(storage: SQLiteStorage, *queues: str, limit: int = 10) -> list[ClaimedJob]:
-    return await storage.claim(claim_request(*queues, limit=limit))
-
-
-async def one(storage: SQLiteStorage, job_id: uuid.UUID, project: str = "default") -> Job:
-    (job,) = await storage.get_jobs([job_id], project)
-    return job
-
-
-async def run_to_success(storage: SQLiteStorage, job_id: uuid.UUID) -> None:
-    """Claim everything runnable and complete ``job_id`` (giving the others back)."""
-    claimed = await claim(storage, (await one(storage, job_id)).queue, limit=100)
-    mine = [c for c in claimed if c.job.id == job_id]
-    assert mine, f"{job_id} was not claimable"
-    ack = await storage.complete([Completion(job_id=job_id, execution_id=mine[0].execution_id)])
-    assert ack.accepted == (job_id,)
-    others = [c for c in claimed if c.job.id != job_id]
-    await storage.retry(
-        [
-            RetryRequest(
-                job_id=c.job.id,
-                execution_id=c.execution_id,
-                run_at=c.job.scheduled_for,
-                consume_attempt=False,
-            )
-            for c in others
-        ]
-    )
-
-
-async def all_jobs(storage: SQLiteStorage, project: str = "default") -> list[Job]:
-    page = await storage.list_jobs(JobFilter(project=project), limit=1000, cursor=None)
-    return list(page.items)
 
 
 # ---------------------------------------------------------------------------------------------
