@@ -57,6 +57,11 @@ class Env:
         wall = dt.datetime.now(dt.UTC)
         return min(self.clock.now(), wall) - dt.timedelta(seconds=seconds)
 
+    def future(self, seconds: float) -> dt.datetime:
+        """A time ``seconds`` after now, by the fake clock and by the wall clock alike."""
+        wall = dt.datetime.now(dt.UTC)
+        return max(self.clock.now(), wall) + dt.timedelta(seconds=seconds)
+
     async def enqueue(self, *jobs: NewJob) -> list[Job]:
         return await self.storage.enqueue(list(jobs))
 

@@ -40,7 +40,14 @@ from taskforge_conformance.machine import run_machine
 from taskforge_conformance.profiles import machine_shards
 from taskforge_core.backends import BackendConfig
 from taskforge_core.clock import FakeClock
-from taskforge_core.errors import DependencyError, InvalidJobError, QueueError, StorageError
+from taskforge_core.errors import (
+    ConfigurationError,
+    DependencyError,
+    InvalidJobError,
+    QueueError,
+    SerializationError,
+    StorageError,
+)
 from taskforge_core.ids import uuid7
 from taskforge_core.models import (
     ClaimRequest,
@@ -251,21 +258,26 @@ class StorageConformance:
 
     @scenario()
     async def test_a_claimed_job_is_not_claimed_again_while_its_lease_runs(self, env: Env) -> None:
-        """A second claim sees nothing while the first holds the job; it starts an attempt."""
+        """A second claim sees nothing while the first holds the job; it starts an attempt, and
+        the claimed job is the job as stored."""
         (job,) = await env.enqueue(new_job(max_attempts=3))
         (first,) = await env.claim()
         assert first.job.status is _R
         assert first.job.attempt == 1
         assert first.job.execution_id == first.execution_id
         assert first.job.worker_id == env.worker
+        assert first.job.lease_expires_at == first.lease_expires_at
         if env.timed:
             assert first.lease_expires_at == env.clock.now() + LEASE
+            assert first.job.started_at == env.clock.now()
+        assert first.job == await env.job(job.id), "a claim returns the job as stored"
         assert await env.claim(worker=uuid7()) == []
         (execution,) = await env.storage.list_executions(job.id)
-        assert (execution.id, execution.attempt, execution.status) == (
+        assert (execution.id, execution.attempt, execution.status, execution.worker_id) == (
             first.execution_id,
             1,
             ExecutionStatus.STARTED,
+            env.worker,
         )
 
     # =====================================================================================
@@ -295,7 +307,8 @@ class StorageConformance:
 
     @scenario()
     async def test_claim_fills_each_queue_share_then_the_best_of_the_rest(self, env: Env) -> None:
-        """Each share gets up to its quota from its queue; what is left goes best first."""
+        """Each share gets up to its quota from its queue; what is left goes best first. A
+        claim with a zero limit or no shares gets nothing."""
         a_jobs = [new_job(queue="a", priority=1) for _ in range(5)]
         b_jobs = [new_job(queue="b", priority=2) for _ in range(5)]
         await env.enqueue(*a_jobs, *b_jobs)
@@ -317,7 +330,9 @@ class StorageConformance:
         got = [c.job.queue for c in await env.storage.claim(capped)]
         assert sorted(got) == ["c", "c", "d"], "a claim never takes more than its limit"
         assert await env.claim("nowhere") == []
-        assert await env.storage.claim(env.request(limit=0)) == []
+        assert await env.storage.claim(env.request("a", "b", limit=0)) == []
+        no_shares = ClaimRequest(worker_id=env.worker, shares=(), limit=5, lease=LEASE)
+        assert await env.storage.claim(no_shares) == []
 
     @scenario()
     async def test_a_paused_queue_is_not_claimed_from_but_takes_jobs(self, env: Env) -> None:
@@ -342,6 +357,7 @@ class StorageConformance:
         past = new_job(scheduled_for=now - dt.timedelta(seconds=60))
         stored = await env.enqueue(later, past)
         assert [job.status for job in stored] == [_S, _P]
+        assert [job.scheduled_for for job in stored] == [later.scheduled_for, past.scheduled_for]
         assert await env.claim_ids() == [past.id]
         env.clock.advance(59)
         assert await env.claim_ids() == []
@@ -429,6 +445,34 @@ class StorageConformance:
         assert set(await env.storage.cancel([parent.id], "default")) == {parent.id, kid.id}
         assert await env.status(kid.id) is _C
 
+    @scenario()
+    async def test_a_new_jobs_status_follows_its_parents(self, env: Env) -> None:
+        """A new job whose parents all succeeded is pending (scheduled while not due); one with
+        a parent still active is blocked; one with a failed or cancelled parent is cancelled at
+        once, also when that parent was cancelled on arrival, earlier or later in the batch."""
+        done, dead, waiting = new_job(queue="p"), new_job(queue="p"), new_job(queue="w")
+        await env.enqueue(done, dead, waiting)
+        claimed = {c.job.id: c for c in await env.claim("p")}
+        await env.complete(claimed[done.id])
+        failure = Failure(job_id=dead.id, execution_id=claimed[dead.id].execution_id, error=BOOM)
+        assert (await env.storage.fail([failure])).accepted == (dead.id,)
+        children = [
+            new_job(depends_on=(done.id,)),
+            new_job(depends_on=(done.id,), scheduled_for=env.future(3600)),
+            new_job(depends_on=(done.id, waiting.id)),
+            new_job(depends_on=(done.id, dead.id)),
+        ]
+        stored = await env.enqueue(*children)
+        assert [job.status for job in stored] == [_P, _S, _B, _C]
+        (grandchild,) = await env.enqueue(new_job(depends_on=(children[3].id,)))
+        assert grandchild.status is _C, "a child of a job cancelled on arrival is cancelled"
+
+        (gone,) = await env.enqueue(new_job(queue="x"))
+        assert await env.storage.cancel([gone.id], "default") == [gone.id]
+        middle = new_job(depends_on=(gone.id,))
+        leaf = new_job(depends_on=(middle.id,))
+        assert [job.status for job in await env.enqueue(leaf, middle)] == [_C, _C]
+
     # =====================================================================================
     # Fencing and leases
     # =====================================================================================
@@ -497,6 +541,35 @@ class StorageConformance:
         unknown = await env.storage.complete([Completion(job_id=uuid7(), execution_id=uuid7())])
         assert (unknown.accepted, len(unknown.rejected)) == ((), 1)
 
+    @scenario()
+    async def test_complete_and_fail_close_the_attempt_they_report_on(self, env: Env) -> None:
+        """``complete`` stores the result and moves the job to succeeded, ``fail`` moves it to
+        failed with its error; either way the lease is released, the job is finished and its
+        execution closed with the same outcome."""
+        ok, bad = new_job(), new_job()
+        await env.enqueue(ok, bad)
+        claimed = {c.job.id: c for c in await env.claim()}
+        env.clock.advance(2)
+        await env.complete(claimed[ok.id], result={"ok": [1, 2]})
+        failure = Failure(job_id=bad.id, execution_id=claimed[bad.id].execution_id, error=BOOM)
+        ack = await env.storage.fail([failure])
+        assert (ack.accepted, ack.rejected) == ((bad.id,), ())
+        done, dead = await env.storage.get_jobs([ok.id, bad.id], "default")
+        assert (done.status, done.result, done.lease_expires_at) == (_OK, {"ok": [1, 2]}, None)
+        assert (dead.status, dead.error, dead.lease_expires_at) == (_F, BOOM, None)
+        (won,) = await env.storage.list_executions(ok.id)
+        (lost,) = await env.storage.list_executions(bad.id)
+        assert (won.id, won.status) == (claimed[ok.id].execution_id, ExecutionStatus.SUCCEEDED)
+        assert (lost.id, lost.status, lost.error) == (
+            claimed[bad.id].execution_id,
+            ExecutionStatus.FAILED,
+            BOOM,
+        )
+        finished = [done.finished_at, dead.finished_at, won.finished_at, lost.finished_at]
+        assert None not in finished
+        if env.timed:
+            assert finished == [env.clock.now()] * 4
+
     @scenario(Capability.INJECTABLE_CLOCK)
     async def test_heartbeat_extends_only_the_leases_the_worker_holds(self, env: Env) -> None:
         """Held leases move to now + lease; others' and lost claims come back as lost."""
@@ -521,31 +594,36 @@ class StorageConformance:
     async def test_an_expired_lease_is_run_again_or_dead_lettered_never_lost(
         self, env: Env
     ) -> None:
-        """A lost lease counts as a failed attempt: pending while attempts remain, then failed
-        (cancelling its children); its execution is recorded as lost."""
+        """A lease runs out once ``lease_expires_at < now``. A lost lease counts as a failed
+        attempt: pending while attempts remain, then failed (cancelling its children); the job
+        and its execution, recorded as lost, carry a ``LeaseExpired`` error."""
         job = new_job(max_attempts=2)
         child = new_job(depends_on=(job.id,))
         await env.enqueue(job, child)
         lease = dt.timedelta(seconds=30)
         await env.claim(lease=lease)
-        env.clock.advance(29)
+        env.clock.advance(30)
         assert await env.storage.reclaim_expired() == [], "the lease has not run out yet"
-        env.clock.advance(2)
+        env.clock.advance(0.001)
         assert await env.storage.reclaim_expired() == [job.id]
         again = await env.job(job.id)
-        assert (again.status, again.attempt) == (_P, 1)
+        assert (again.status, again.attempt, again.lease_expires_at) == (_P, 1, None)
+        assert again.error is not None
+        assert again.error.type == "LeaseExpired"
         (second,) = await env.claim(lease=lease)
         assert (second.job.id, second.job.attempt) == (job.id, 2)
         env.clock.advance(31)
         assert await env.storage.reclaim_expired() == [job.id]
         assert await env.statuses([job.id, child.id]) == [_F, _C]
-        statuses = [e.status for e in await env.storage.list_executions(job.id)]
-        assert statuses == [ExecutionStatus.LOST, ExecutionStatus.LOST]
+        executions = await env.storage.list_executions(job.id)
+        assert [e.status for e in executions] == [ExecutionStatus.LOST, ExecutionStatus.LOST]
+        assert [e.error.type if e.error else None for e in executions] == ["LeaseExpired"] * 2
         assert await env.storage.reclaim_expired() == []
 
     @scenario()
     async def test_retry_and_deferral_count_attempts_and_record_executions(self, env: Env) -> None:
-        """A retry keeps the attempt used; a deferral (``consume_attempt=False``) gives it back."""
+        """A retry keeps the attempt used and records its error; a deferral
+        (``consume_attempt=False``) gives the attempt back."""
         (job,) = await env.enqueue(new_job(max_attempts=3))
         (first,) = await env.claim()
         run_at = env.past(1)
@@ -559,6 +637,7 @@ class StorageConformance:
         assert ack.accepted == (job.id,)
         waiting = await env.job(job.id)
         assert (waiting.status, waiting.attempt, waiting.scheduled_for) == (_S, 1, run_at)
+        assert waiting.error == BOOM
         (second,) = await env.claim()
         assert second.job.attempt == 2
         ack = await env.storage.retry(
@@ -572,11 +651,14 @@ class StorageConformance:
             ]
         )
         assert ack.accepted == (job.id,)
-        assert (await env.job(job.id)).attempt == 1
+        back = await env.job(job.id)
+        assert (back.status, back.attempt, back.error) == (_S, 1, BOOM), (
+            "a deferral gives the attempt back and keeps the last error"
+        )
         executions = await env.storage.list_executions(job.id)
-        assert [(e.attempt, e.status) for e in executions] == [
-            (1, ExecutionStatus.RETRYING),
-            (2, ExecutionStatus.DEFERRED),
+        assert [(e.id, e.attempt, e.status) for e in executions] == [
+            (first.execution_id, 1, ExecutionStatus.RETRYING),
+            (second.execution_id, 2, ExecutionStatus.DEFERRED),
         ]
         assert executions[0].error == BOOM
 
@@ -586,9 +668,10 @@ class StorageConformance:
 
     @scenario()
     async def test_enqueue_returns_the_stored_jobs_in_request_order(self, env: Env) -> None:
-        """What enqueue returns is what a read returns."""
+        """What enqueue returns is what a read returns: the request's fields, pending, with
+        arguments as JSON gives them back and every time stamp the enqueue's time."""
         jobs = [
-            new_job("b", args=(1, "x"), kwargs={"k": [1, 2]}, priority=3, max_attempts=4),
+            new_job("b", args=(1, ("x", 2)), kwargs={"k": [1, 2]}, priority=3, max_attempts=4),
             new_job("a", queue="q2", headers={"trace": "t-1"}, timeout=2.5, key="only"),
         ]
         stored = await env.storage.enqueue(jobs)
@@ -601,12 +684,16 @@ class StorageConformance:
                 request.max_attempts,
                 0,
             )
+            assert (job.status, job.project) == (_P, "default")
+            assert job.scheduled_for == job.created_at == job.updated_at
+            if env.timed:
+                assert job.created_at == env.clock.now()
             assert (job.key, dict(job.headers), job.timeout) == (
                 request.key,
                 dict(request.headers),
                 request.timeout,
             )
-        assert list(stored[0].args) == [1, "x"]
+        assert list(stored[0].args) == [1, ["x", 2]], "arguments come back as JSON gives them"
         assert dict(stored[0].kwargs) == {"k": [1, 2]}
         read = await env.storage.get_jobs([jobs[1].id, uuid7(), jobs[0].id], "default")
         assert [job.id for job in read] == [jobs[1].id, jobs[0].id]
@@ -650,6 +737,10 @@ class StorageConformance:
         (foreign,) = await env.enqueue(new_job(project="elsewhere"))
         child = new_job(queue="fresh", depends_on=(foreign.id,))
         await self._assert_rejected(env, DependencyError, [child], "a parent in another project")
+        member = new_job(queue="fresh", project="elsewhere")
+        batch = [member, new_job(queue="fresh", depends_on=(member.id,))]
+        await self._assert_rejected(env, DependencyError, batch, "a member of another project")
+        assert await env.all_ids("elsewhere") == [foreign.id]
 
     @scenario()
     async def test_max_attempts_below_one_rejects_the_whole_batch(self, env: Env) -> None:
@@ -658,10 +749,38 @@ class StorageConformance:
             batch = [new_job(queue="fresh"), new_job(queue="fresh", max_attempts=attempts)]
             await self._assert_rejected(env, InvalidJobError, batch, f"max_attempts={attempts}")
 
+    @scenario()
+    async def test_an_invalid_job_rejects_the_whole_batch(self, env: Env) -> None:
+        """InvalidJobError for an id that is not new (repeated in the batch or already stored),
+        an empty task or queue, a naive ``scheduled_for`` or a timeout that is not a positive
+        number of seconds; SerializationError (an InvalidJobError) for arguments JSON cannot
+        hold. None of the batch is written."""
+        (stored,) = await env.enqueue(new_job(queue="kept"))
+        twin = new_job(queue="fresh")
+        naive = dt.datetime(2030, 1, 1)  # no time zone: invalid
+        invalid = {
+            "an id repeated in the batch": twin,
+            "an id already stored": NewJob(id=stored.id, task="work", queue="fresh"),
+            "an empty task": new_job("", queue="fresh"),
+            "an empty queue": new_job(queue=""),
+            "a naive due time": new_job(queue="fresh", scheduled_for=naive),
+            "a negative timeout": new_job(queue="fresh", timeout=-1.0),
+            "a zero timeout": new_job(queue="fresh", timeout=0.0),
+            "a timeout that is not a number": new_job(queue="fresh", timeout=float("nan")),
+        }
+        for why, job in invalid.items():
+            await self._assert_rejected(env, InvalidJobError, [twin, job], why)
+        not_json = new_job(queue="fresh", args=(object(),))
+        await self._assert_rejected(
+            env, SerializationError, [new_job(queue="fresh"), not_json], "arguments not JSON"
+        )
+        assert await env.all_ids() == [stored.id]
+
     def test_an_unknown_queue_is_a_queue_error_when_queues_are_not_created_on_demand(
         self, tmp_path: pathlib.Path
     ) -> None:
-        """With ``create_queues=False`` an unknown queue is a QueueError; nothing is written."""
+        """With ``create_queues=False`` an unknown queue is a QueueError and nothing of the batch
+        is written; a queue created by pausing or resuming it takes jobs."""
 
         async def main() -> bool:
             config = BackendConfig(clock=FakeClock(), create_queues=False)
@@ -671,12 +790,15 @@ class StorageConformance:
                 return False
             await storage.open()
             try:
+                await storage.set_queue_paused("default", "known", False)
                 with pytest.raises(QueueError):
-                    await storage.enqueue([new_job(queue="nowhere"), new_job(queue="nowhere")])
+                    await storage.enqueue([new_job(queue="known"), new_job(queue="nowhere")])
                 page = await storage.list_jobs(JobFilter(), limit=10, cursor=None)
                 assert page.items == (), "a batch rejected for an unknown queue wrote jobs"
                 names = [q.name for q in await storage.list_queues("default")]
-                assert "nowhere" not in names
+                assert names == ["known"]
+                (job,) = await storage.enqueue([new_job(queue="known")])
+                assert job.queue == "known"
             finally:
                 await storage.close()
             return True
@@ -687,12 +809,14 @@ class StorageConformance:
     @scenario()
     async def test_an_idempotency_key_returns_the_job_that_has_it(self, env: Env) -> None:
         """Within a project a key is stored once: a second enqueue, in a later batch or the same
-        one, returns the first job unchanged. Other projects have their own keys."""
+        one, returns the first job unchanged, and a dependency on such a request points at the
+        job that has the key. Other projects have their own keys."""
         first = new_job(key="invoice-7", priority=1)
         (stored,) = await env.enqueue(first)
         again = await env.enqueue(new_job(key="invoice-7", priority=9), new_job(key="other"))
         assert again[0].id == first.id
         assert again[0].priority == 1, "the existing job is returned as it is"
+        assert again[0] == stored
         twice = await env.enqueue(new_job(key="pair"), new_job(key="pair"))
         assert twice[0].id == twice[1].id, "a key repeated within a batch is stored once"
         (foreign,) = await env.enqueue(new_job(key="invoice-7", project="tenant-b"))
@@ -702,6 +826,10 @@ class StorageConformance:
         assert len(claimed) == 3
         assert first.id in claimed
         assert stored.key == "invoice-7"
+        duplicate = new_job(key="invoice-7")
+        _, child = await env.enqueue(duplicate, new_job(depends_on=(duplicate.id,)))
+        assert child.depends_on == (first.id,), "the child of a duplicate waits for the original"
+        assert child.status is _B
 
     # =====================================================================================
     # Projects, listing, replay, purge
@@ -709,7 +837,8 @@ class StorageConformance:
 
     @scenario()
     async def test_projects_are_isolated_from_each_other(self, env: Env) -> None:
-        """Two projects with the same queue names never see each other's jobs."""
+        """Two projects with the same queue names never see each other's jobs or queues: not to
+        read, claim, cancel, replay or purge."""
         (mine,) = await env.enqueue(new_job(queue="shared"))
         (theirs,) = await env.enqueue(new_job(queue="shared", project="tenant-b"))
         assert await env.storage.get_jobs([theirs.id], "default") == []
@@ -720,6 +849,7 @@ class StorageConformance:
         assert await env.claim_ids("shared") == [mine.id]
         assert await env.claim_ids("shared", project="tenant-b") == []
         await env.storage.set_queue_paused("tenant-b", "shared", False)
+        assert await env.claim_ids("shared") == [], "a claim takes only its own project's jobs"
         stats = {s.queue: s.counts for s in await env.storage.queue_stats("tenant-b")}
         assert stats["shared"][_P] == 1
         assert stats["shared"][_R] == 0
@@ -727,9 +857,17 @@ class StorageConformance:
         (claimed,) = await env.claim("shared", project="tenant-b")
         assert claimed.job.id == theirs.id
         assert claimed.job.project == "tenant-b"
-        result = await env.storage.replay(JobFilter(ids=frozenset({theirs.id})))
+        await env.complete(claimed)
+        theirs_only = JobFilter(ids=frozenset({theirs.id}))
+        result = await env.storage.replay(theirs_only)
         assert result.replayed == ()
         assert result.skipped == ()
+        assert await env.storage.purge(theirs_only) == 0
+        assert await env.all_ids("tenant-b") == [theirs.id]
+        await env.enqueue(new_job(queue="private", project="tenant-b"))
+        assert [s.queue for s in await env.storage.queue_stats("default")] == ["shared"]
+        assert [q.name for q in await env.storage.list_queues("default")] == ["shared"]
+        assert await env.storage.purge(JobFilter(project="tenant-b", ids=theirs_only.ids)) == 1
 
     @scenario()
     async def test_pages_neither_skip_nor_repeat_while_jobs_arrive(self, env: Env) -> None:
@@ -755,11 +893,12 @@ class StorageConformance:
 
     @scenario()
     async def test_listing_honours_status_queue_task_and_id_filters(self, env: Env) -> None:
-        """Each filter field narrows the listing."""
+        """Each filter field narrows the listing, and the fields combine."""
         a = new_job("send", queue="q1")
         b = new_job("send", queue="q2")
         c = new_job("resize", queue="q1")
-        await env.enqueue(a, b, c)
+        foreign = new_job("send", queue="q1", project="other")
+        await env.enqueue(a, b, c, foreign)
         await env.storage.cancel([b.id], "default")
 
         async def listed(selection: JobFilter) -> set[uuid.UUID]:
@@ -771,50 +910,138 @@ class StorageConformance:
         assert await listed(JobFilter(queue="q1")) == {a.id, c.id}
         assert await listed(JobFilter(task="send")) == {a.id, b.id}
         assert await listed(JobFilter(ids=frozenset({a.id, c.id}), task="resize")) == {c.id}
+        assert await listed(JobFilter(ids=frozenset({a.id, foreign.id}))) == {a.id}
+        assert await listed(JobFilter(queue="missing")) == set()
+        assert await listed(JobFilter(task="send", queue="q1", statuses=frozenset({_P}))) == {a.id}
+        assert await listed(JobFilter(project="other")) == {foreign.id}
         assert await listed(JobFilter(project="nobody")) == set()
+        assert await listed(JobFilter(updated_before=env.past(3600))) == set()
+        if env.timed:
+            env.clock.advance(10)
+            await env.storage.cancel([a.id], "default")
+            before = JobFilter(updated_before=env.clock.now())
+            assert await listed(before) == {b.id, c.id}, "updated_before compares updated_at"
+
+    @scenario()
+    async def test_listing_rejects_a_bad_limit_or_cursor(self, env: Env) -> None:
+        """``list_jobs`` raises a ValueError naming the limit for a limit below one, and one
+        naming the cursor for a cursor it did not give."""
+        await env.enqueue(new_job(), new_job())
+        with pytest.raises(ValueError, match="limit"):
+            await env.storage.list_jobs(JobFilter(), limit=0, cursor=None)
+        with pytest.raises(ValueError, match="cursor"):
+            await env.storage.list_jobs(JobFilter(), limit=5, cursor="garbage")
+
+    @scenario()
+    async def test_cancel_stops_active_jobs_and_their_descendants_only(self, env: Env) -> None:
+        """``cancel`` returns every id it cancelled: the active jobs named and their active
+        descendants. Finished jobs, unknown ids and other projects' jobs are left alone; a
+        running job loses its lease at once; cancelling again changes nothing."""
+        running, finished, waiting = new_job(queue="r"), new_job(queue="f"), new_job(queue="w")
+        child = new_job(depends_on=(running.id,))
+        grandchild = new_job(depends_on=(child.id,))
+        foreign = new_job(project="other")
+        await env.enqueue(running, finished, waiting, child, grandchild, foreign)
+        await env.run_to_success(finished.id, "f")
+        await env.claim("r")
+        named = [running.id, finished.id, waiting.id, foreign.id, uuid7()]
+        cancelled = await env.storage.cancel(named, "default")
+        assert sorted(cancelled) == sorted([running.id, waiting.id, child.id, grandchild.id])
+        assert await env.status(finished.id) is _OK
+        assert await env.status(foreign.id, "other") is _P
+        stopped = await env.job(running.id)
+        assert (stopped.status, stopped.lease_expires_at) == (_C, None)
+        assert await env.storage.cancel([running.id, child.id], "default") == []
 
     @scenario()
     async def test_replay_resets_attempts_and_waits_for_replayed_parents(self, env: Env) -> None:
         """Replayed jobs go back to pending with attempts reset; a child replayed with its
-        parent is blocked until the parent succeeds; a job whose dead parent stays dead is
-        skipped, and so are active jobs."""
+        parent, or whose parent is still active, is blocked until the parent succeeds; a job
+        whose dead parent stays dead is skipped (and so are its own descendants), and so are
+        active jobs."""
         parent = new_job(queue="p", max_attempts=1)
         child = new_job(depends_on=(parent.id,))
+        grandchild = new_job(depends_on=(child.id,))
         alive = new_job(queue="alive")
-        await env.enqueue(parent, child, alive)
+        await env.enqueue(parent, child, grandchild, alive)
         (held,) = await env.claim("p")
         await env.storage.fail(
             [Failure(job_id=parent.id, execution_id=held.execution_id, error=BOOM)]
         )
-        alone = await env.storage.replay(JobFilter(ids=frozenset({child.id, alive.id})))
+        orphans = frozenset({child.id, grandchild.id, alive.id})
+        alone = await env.storage.replay(JobFilter(ids=orphans))
         assert alone.replayed == ()
-        assert {job_id for job_id, _ in alone.skipped} == {child.id, alive.id}
+        assert {job_id for job_id, _ in alone.skipped} == orphans
+        assert await env.statuses([child.id, grandchild.id]) == [_C, _C]
         both = await env.storage.replay(JobFilter(statuses=frozenset({_F, _C})))
-        assert set(both.replayed) == {parent.id, child.id}
+        assert set(both.replayed) == {parent.id, child.id, grandchild.id}
         back = await env.job(parent.id)
         assert (back.status, back.attempt) == (_P, 0)
-        assert await env.status(child.id) is _B
+        assert await env.statuses([child.id, grandchild.id]) == [_B, _B]
         await env.run_to_success(parent.id, "p")
-        assert await env.status(child.id) is _P
+        assert await env.statuses([child.id, grandchild.id]) == [_P, _B]
+
+        waiting = new_job(queue="w")
+        kid = new_job(queue="w", depends_on=(waiting.id,))
+        await env.enqueue(waiting, kid)
+        assert await env.storage.cancel([kid.id], "default") == [kid.id]
+        result = await env.storage.replay(JobFilter(ids=frozenset({waiting.id, kid.id})))
+        assert result.replayed == (kid.id,)
+        assert [job_id for job_id, _ in result.skipped] == [waiting.id]
+        assert await env.status(kid.id) is _B, "a replayed child waits for its active parent"
+
+    @scenario(Capability.INJECTABLE_CLOCK)
+    async def test_a_replayed_job_starts_afresh_at_the_time_of_the_replay(self, env: Env) -> None:
+        """A replayed job keeps nothing of its dead run (attempts, error, result, finish time)
+        and is due, and updated, at the time of the replay."""
+        (job,) = await env.enqueue(new_job(max_attempts=1))
+        (held,) = await env.claim()
+        failure = Failure(job_id=job.id, execution_id=held.execution_id, error=BOOM)
+        assert (await env.storage.fail([failure])).accepted == (job.id,)
+        env.clock.advance(60)
+        result = await env.storage.replay(JobFilter(statuses=frozenset({_F})))
+        assert (result.replayed, result.skipped) == ((job.id,), ())
+        back = await env.job(job.id)
+        assert (back.status, back.attempt, back.error, back.result, back.finished_at) == (
+            _P,
+            0,
+            None,
+            None,
+            None,
+        )
+        assert back.scheduled_for == back.updated_at == env.clock.now()
+        (again,) = await env.claim()
+        assert again.job.attempt == 1
 
     @scenario()
     async def test_purge_deletes_only_final_jobs_that_no_active_job_needs(self, env: Env) -> None:
-        """Succeeded, failed and cancelled jobs go with their history; active ones and parents
-        of active ones stay."""
-        done, needed, waiting = new_job(queue="p"), new_job(queue="p"), new_job(queue="w")
+        """Succeeded, failed and cancelled jobs go with their history (executions and logs);
+        active ones and parents of active ones stay."""
+        done, needed, dead = new_job(queue="p"), new_job(queue="p"), new_job(queue="p")
+        waiting, dropped = new_job(queue="w"), new_job(queue="w")
         child = new_job(queue="c", depends_on=(needed.id,))
         blocker = new_job(queue="c")
         grandchild = new_job(queue="c", depends_on=(child.id, blocker.id))
-        await env.enqueue(done, needed, waiting, child, blocker, grandchild)
+        await env.enqueue(done, needed, dead, waiting, dropped, child, blocker, grandchild)
         claimed = {c.job.id: c for c in await env.claim("p")}
         await env.complete(claimed[done.id])
         await env.complete(claimed[needed.id])
+        dead_run = claimed[dead.id].execution_id
+        line = ExecutionLog(
+            execution_id=dead_run, job_id=dead.id, at=env.past(1), level="info", message="hi"
+        )
+        await env.storage.add_logs([line])
+        failure = Failure(job_id=dead.id, execution_id=dead_run, error=BOOM)
+        assert (await env.storage.fail([failure])).accepted == (dead.id,)
+        assert await env.storage.cancel([dropped.id], "default") == [dropped.id]
+        assert await env.storage.purge(JobFilter(project="other")) == 0
         deleted = await env.storage.purge(JobFilter())
-        assert deleted == 1
-        remaining = await env.all_ids()
-        assert done.id not in remaining
-        assert {needed.id, waiting.id, child.id, blocker.id, grandchild.id} <= set(remaining)
-        assert await env.storage.list_executions(done.id) == []
+        assert deleted == 3
+        remaining = set(await env.all_ids())
+        assert remaining == {needed.id, waiting.id, child.id, blocker.id, grandchild.id}
+        for gone in (done.id, dead.id, dropped.id):
+            assert await env.storage.list_executions(gone) == []
+        assert await env.storage.list_logs(dead.id) == []
 
     @scenario(Capability.PRUNE, Capability.INJECTABLE_CLOCK)
     async def test_prune_deletes_what_the_retention_policy_lets_go(self, env: Env) -> None:
@@ -860,6 +1087,38 @@ class StorageConformance:
         assert not again.purged.get(_OK), again
 
     # =====================================================================================
+    # Queues
+    # =====================================================================================
+
+    @scenario()
+    async def test_queues_are_created_on_demand_and_counted_per_status(self, env: Env) -> None:
+        """Enqueueing into a queue, or pausing it, creates it (and its project); pausing and
+        resuming are listed. ``queue_stats`` counts every status of every queue of the
+        project, empty queues included, sorted by queue name."""
+        (job,) = await env.enqueue(new_job(project="acme", queue="emails"))
+        assert (job.project, job.queue) == ("acme", "emails")
+        paused = await env.storage.set_queue_paused("acme", "reports", True)
+        assert (paused.project, paused.name, paused.paused) == ("acme", "reports", True)
+        fresh = await env.storage.set_queue_paused("newco", "jobs", False)
+        assert (fresh.project, fresh.name, fresh.paused) == ("newco", "jobs", False)
+        assert [q.name for q in await env.storage.list_queues("newco")] == ["jobs"]
+        listed = {(q.project, q.name, q.paused) for q in await env.storage.list_queues("acme")}
+        assert listed == {("acme", "emails", False), ("acme", "reports", True)}
+        more = await env.enqueue(*(new_job(project="acme", queue="emails") for _ in range(2)))
+        assert await env.storage.cancel([more[0].id], "acme") == [more[0].id]
+        stats = await env.storage.queue_stats("acme")
+        assert [(s.project, s.queue, s.paused) for s in stats] == [
+            ("acme", "emails", False),
+            ("acme", "reports", True),
+        ]
+        assert dict(stats[0].counts) == {**dict.fromkeys(JobStatus, 0), _P: 2, _C: 1}
+        assert dict(stats[1].counts) == dict.fromkeys(JobStatus, 0)
+        await env.storage.set_queue_paused("acme", "reports", False)
+        resumed = {q.name: q.paused for q in await env.storage.list_queues("acme")}
+        assert resumed == {"emails": False, "reports": False}
+        assert await env.storage.queue_stats("nobody") == []
+
+    # =====================================================================================
     # Workers and history
     # =====================================================================================
 
@@ -894,29 +1153,76 @@ class StorageConformance:
         assert await env.storage.list_workers("tenant-b") == []
 
     @scenario()
+    async def test_a_worker_registered_again_is_replaced(self, env: Env) -> None:
+        """Registering a worker id again replaces its queue assignments; its start and its last
+        heartbeat are recorded; a stopped worker is listed as stopped; a negative weight is a
+        ConfigurationError."""
+
+        def worker(*queues: tuple[str, int]) -> WorkerInfo:
+            return WorkerInfo(
+                id=env.worker,
+                name="w-1",
+                hostname="host",
+                pid=123,
+                concurrency=4,
+                queues=tuple(
+                    QueueWorkerAssignment(worker_id=env.worker, queue=q, weight=w)
+                    for q, w in queues
+                ),
+            )
+
+        async def listed() -> WorkerInfo:
+            (found,) = await env.storage.list_workers("default")
+            return found
+
+        await env.storage.register_worker(worker(("a", 1), ("b", 3)))
+        first = await listed()
+        assert {(a.queue, a.weight) for a in first.queues} == {("a", 1), ("b", 3)}
+        assert (first.status, first.pid) == (WorkerStatus.RUNNING, 123)
+        if env.timed:
+            assert first.started_at == env.clock.now()
+        await env.storage.register_worker(worker(("c", 2)))
+        again = await listed()
+        assert [(a.queue, a.weight, a.worker_id) for a in again.queues] == [("c", 2, env.worker)]
+        env.clock.advance(5)
+        await env.storage.heartbeat(env.worker, [], LEASE)
+        if env.timed:
+            assert (await listed()).last_heartbeat_at == env.clock.now()
+        await env.storage.set_worker_status(env.worker, WorkerStatus.STOPPED)
+        assert (await listed()).status is WorkerStatus.STOPPED
+        with pytest.raises(ConfigurationError):
+            await env.storage.register_worker(worker(("a", -1)))
+
+    @scenario()
     async def test_execution_logs_are_kept_per_job_oldest_first(self, env: Env) -> None:
-        """Log lines come back in time order with their fields."""
+        """Log lines come back in time order with their fields. Lines of an unknown job are
+        dropped, and a field value JSON cannot hold is kept as its ``repr`` (task code writes
+        the fields; one odd value must not fail the worker's whole batch)."""
         (job,) = await env.enqueue(new_job())
         (claimed,) = await env.claim()
         t0 = env.past(10)
-        lines = [
-            ExecutionLog(
+        odd = object()
+
+        def line(n: int, job_id: uuid.UUID = job.id, **fields: object) -> ExecutionLog:
+            return ExecutionLog(
                 execution_id=claimed.execution_id,
-                job_id=job.id,
+                job_id=job_id,
                 at=t0 + dt.timedelta(seconds=n),
                 level="info",
                 message=f"line {n}",
-                fields={"n": n},
+                fields={"n": n, **fields},
             )
-            for n in (2, 0, 1)
-        ]
-        await env.storage.add_logs(lines)
+
+        await env.storage.add_logs([line(2), line(0), line(1), line(5, uuid7())])
+        await env.storage.add_logs([line(3, odd=odd)])
         got = await env.storage.list_logs(job.id)
         assert [(log.message, dict(log.fields)) for log in got] == [
             ("line 0", {"n": 0}),
             ("line 1", {"n": 1}),
             ("line 2", {"n": 2}),
+            ("line 3", {"n": 3, "odd": repr(odd)}),
         ]
+        assert {log.execution_id for log in got} == {claimed.execution_id}
         assert await env.storage.list_logs(uuid7()) == []
 
     # =====================================================================================
@@ -924,11 +1230,12 @@ class StorageConformance:
     # =====================================================================================
 
     def test_calls_on_a_closed_storage_raise_storage_error(self, tmp_path: pathlib.Path) -> None:
-        """After close, every verb raises StorageError (no driver exception escapes); closing
-        twice is fine."""
+        """After close, every verb raises StorageError (no driver exception escapes); opening an
+        open storage and closing twice are fine."""
 
         async def main() -> None:
             storage = await self.make_storage(FakeClock(), tmp_path)
+            await storage.open()
             await storage.open()
             (job,) = await storage.enqueue([new_job()])
             await storage.close()
@@ -954,6 +1261,8 @@ class StorageConformance:
                 "list_jobs": lambda: storage.list_jobs(JobFilter(), limit=5, cursor=None),
                 "queue_stats": lambda: storage.queue_stats("default"),
                 "replay": lambda: storage.replay(JobFilter()),
+                "list_queues": lambda: storage.list_queues("default"),
+                "wait_for_jobs": lambda: storage.wait_for_jobs(["default"], 0.1),
             }
             escaped = {}
             for name, call in calls.items():
@@ -996,9 +1305,12 @@ class StorageConformance:
 
     @scenario()
     async def test_waiting_for_jobs_returns_after_the_timeout(self, env: Env) -> None:
-        """With nothing to do, ``wait_for_jobs`` still comes back after its timeout."""
+        """With nothing to do, ``wait_for_jobs`` still comes back after its timeout, at once
+        for a timeout of zero."""
         with anyio.fail_after(10):
             await env.storage.wait_for_jobs(["idle"], 0.1)
+        with anyio.fail_after(1):
+            await env.storage.wait_for_jobs(["idle"], 0)
 
     @scenario(Capability.DURABLE)
     async def test_jobs_survive_closing_and_reopening_the_store(self, env: Env) -> None:

@@ -10,12 +10,10 @@ for the shutdown mode, e.g.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import pathlib
 import random
-import secrets
 import shlex
 import signal
 import sys
@@ -23,12 +21,12 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import anyio.abc
 import asyncpg
 import pytest
+from pg_databases import new_database
 
 from taskforge_backends.postgres import PostgresStorage
 from taskforge_core.ids import uuid7
@@ -53,31 +51,11 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-async def _execute(url: str, statement: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
 def url(postgres_url: str) -> Iterator[str]:
     """A migrated database of each test's own, dropped at the end."""
-    name = f"taskforge_test_{secrets.token_hex(4)}"
-    parts = urlsplit(postgres_url)
-    database = urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
-    asyncio.run(_execute(postgres_url, f'CREATE DATABASE "{name}"'))
-
-    async def migrate() -> None:
-        async with PostgresStorage(database):
-            pass
-
-    try:
-        asyncio.run(migrate())
+    with new_database(postgres_url) as database:
         yield database
-    finally:
-        asyncio.run(_execute(postgres_url, f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
 @asynccontextmanager

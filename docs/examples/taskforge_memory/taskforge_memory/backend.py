@@ -23,8 +23,10 @@ What it cannot do
 from __future__ import annotations
 
 import datetime as dt
+import json
+import math
 import uuid
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -37,6 +39,7 @@ from taskforge_core.errors import (
     DependencyError,
     InvalidJobError,
     QueueError,
+    SerializationError,
     StorageError,
 )
 from taskforge_core.ids import uuid7
@@ -323,6 +326,13 @@ class MemoryStorage:
                 raise InvalidJobError(f"job {job.id}: max_attempts must be >= 1")
             if not isinstance(job.priority, int):
                 raise InvalidJobError(f"job {job.id}: priority must be an integer")
+            timeout = job.timeout
+            if timeout is not None and (
+                type(timeout) not in (int, float) or not math.isfinite(timeout) or timeout <= 0
+            ):
+                raise InvalidJobError(
+                    f"job {job.id}: timeout must be a positive number of seconds, not {timeout!r}"
+                )
             if job.scheduled_for is not None and job.scheduled_for.utcoffset() is None:
                 raise InvalidJobError(f"job {job.id}: scheduled_for must be timezone-aware")
             payloads[job.id] = encode(
@@ -693,6 +703,12 @@ class MemoryStorage:
     async def register_worker(self, worker: WorkerInfo) -> None:
         now = await self._enter()
         for assignment in worker.queues:
+            if not isinstance(assignment.weight, int) or assignment.weight < 0:
+                raise ConfigurationError(
+                    f"queue weight must be an integer >= 0, got {assignment.weight!r} "
+                    f"for queue {assignment.queue!r}"
+                )
+        for assignment in worker.queues:
             self._queues.setdefault((worker.project, assignment.queue), False)
         self._workers[worker.id] = attrs.evolve(
             worker,
@@ -724,7 +740,7 @@ class MemoryStorage:
         await self._enter()
         for entry in entries:
             if entry.job_id in self._jobs:  # lines of a purged job are dropped
-                fields = decode(encode(dict(entry.fields), what="log fields"))
+                fields = decode(_encode_fields(entry.fields))
                 self._logs.setdefault(entry.job_id, []).append(attrs.evolve(entry, fields=fields))
 
     async def list_logs(self, job_id: uuid.UUID) -> list[ExecutionLog]:
@@ -744,6 +760,15 @@ class MemoryStorage:
                 await waiter.event.wait()
         finally:
             self._waiters.remove(waiter)
+
+
+def _encode_fields(fields: Mapping[str, Any]) -> str:
+    """Log fields are written by task code: a value JSON cannot hold is kept as its repr rather
+    than failing the worker's whole batch of log lines (and the reports that follow it)."""
+    try:
+        return encode(dict(fields), what="log fields")
+    except SerializationError:
+        return json.dumps(dict(fields), default=repr, ensure_ascii=False, separators=(",", ":"))
 
 
 def _parents_first(
