@@ -874,7 +874,10 @@ class SQLiteStorage:
             conn.execute(f"PRAGMA synchronous = {settings.synchronous.upper()}")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA temp_store = MEMORY")
-            conn.execute("PRAGMA cache_size = -32768")  # 32 MiB of page cache, at most
+            # 4 MiB of page cache: the claim path's pages fit, and the rest comes from the OS's file
+            # cache. 32 MiB made a busy worker's resident memory 70 MiB instead of 40, for no
+            # measurable speed (drains of 200,000 jobs at 16,500/s either way).
+            conn.execute("PRAGMA cache_size = -4096")
             conn.create_function("taskforge_uuid7", 0, self._mint)
         except sqlite3.Error as exc:
             conn.close()
