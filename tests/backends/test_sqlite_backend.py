@@ -37,6 +37,7 @@ from storage_calls import (
 )
 
 from taskforge_backends.sqlite import SQLiteStorage
+from taskforge_backends.sqlite import backend as sqlite_backend
 from taskforge_backends.sqlite._url import parse_url
 from taskforge_backends.sqlite.backend import _CLAIMABLE
 from taskforge_core import hookspecs
@@ -356,9 +357,37 @@ async def test_wait_wakes_for_an_enqueue_from_another_thread_and_event_loop(
         assert elapsed[0] < 2
 
 
+def commit_elsewhere(db_path: pathlib.Path) -> None:
+    """A bare connection stands for another process: no in-process signal is sent."""
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute(
+        "INSERT INTO job_queues (project_id, name, created_at) "
+        "SELECT id, 'x', 0 FROM projects WHERE slug = 'default'"
+    )
+    conn.close()
+
+
 @pytest.mark.anyio
-async def test_wait_notices_a_commit_by_another_process(db_path: pathlib.Path) -> None:
-    async with SQLiteStorage(file_url(db_path, "poll_interval=0.01")) as storage:
+@pytest.mark.parametrize(
+    ("watch", "query"),
+    [
+        pytest.param(
+            True,
+            "poll_interval=30",
+            id="inotify",
+            marks=pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only"),
+        ),
+        pytest.param(False, "poll_interval=0.01", id="polling"),
+    ],
+)
+async def test_wait_notices_a_commit_by_another_process(
+    db_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, watch: bool, query: str
+) -> None:
+    """On Linux an inotify watch on the WAL wakes the waiter (the poll interval here is far
+    longer than the test); elsewhere, or without inotify, ``PRAGMA data_version`` polling."""
+    if not watch:
+        monkeypatch.setattr(sqlite_backend, "open_wal_watch", lambda path: None)
+    async with SQLiteStorage(file_url(db_path, query)) as storage:
         elapsed: list[float] = []
         async with anyio.create_task_group() as tg:
 
@@ -367,15 +396,45 @@ async def test_wait_notices_a_commit_by_another_process(db_path: pathlib.Path) -
 
             tg.start_soon(waiter)
             await anyio.sleep(0.05)
-            # A bare connection stands for another process: no in-process signal is sent.
-            conn = sqlite3.connect(db_path, isolation_level=None)
-            conn.execute("UPDATE job_queues SET paused = paused")
-            conn.execute(
-                "INSERT INTO job_queues (project_id, name, created_at) "
-                "SELECT id, 'x', 0 FROM projects WHERE slug = 'default'"
-            )
-            conn.close()
+            commit_elsewhere(db_path)
         assert elapsed[0] < 2
+
+
+@pytest.mark.anyio
+async def test_an_idle_waiter_is_not_woken_without_a_commit(db_path: pathlib.Path) -> None:
+    """Reads by other connections do not write the WAL: the inotify watch stays quiet."""
+    async with SQLiteStorage(file_url(db_path, "poll_interval=30")) as storage:
+        conn = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            async with anyio.create_task_group() as tg:
+                elapsed: list[float] = []
+
+                async def waiter() -> None:
+                    elapsed.append(await timed_wait(storage, ["default"], 0.5))
+
+                tg.start_soon(waiter)
+                for _ in range(5):
+                    await anyio.sleep(0.02)
+                    conn.execute("SELECT count(*) FROM jobs").fetchone()
+            assert elapsed[0] >= 0.45
+        finally:
+            conn.close()
+
+
+@pytest.mark.anyio
+async def test_closing_the_storage_ends_a_wait_at_once(db_path: pathlib.Path) -> None:
+    storage = SQLiteStorage(file_url(db_path, "poll_interval=30"))
+    await storage.open()
+    elapsed: list[float] = []
+    async with anyio.create_task_group() as tg:
+
+        async def waiter() -> None:
+            elapsed.append(await timed_wait(storage, ["default"], 20))
+
+        tg.start_soon(waiter)
+        await anyio.sleep(0.05)
+        await storage.close()
+    assert elapsed[0] < 2
 
 
 # ---------------------------------------------------------------------------------------------
