@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint check clean
+.PHONY: demo test lint check clean bench bench-quick
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "TaskForge needs Python 3.11 or newer on PATH (python3.11, python3.12, ...)"; exit 1; }
@@ -32,5 +32,16 @@ lint: $(STAMP)
 
 check: lint test
 
+## make bench: TaskForge and its peers side by side, every workload (takes a while; each peer
+## gets its own venv under benchmarks/.venvs on first use). BENCH_ARGS passes options on, e.g.
+## make bench BENCH_ARGS="--systems taskforge-postgres,pgqueuer --soak-jobs 100000".
+## Results go to results/<timestamp>/ (results.md, results.json, *.png).
+bench: $(STAMP)
+	$(BIN)/python benchmarks/harness.py $(if $(QUICK),--quick) $(BENCH_ARGS)
+
+## make bench-quick (or make bench QUICK=1): a smoke run, TaskForge only, small N
+bench-quick: $(STAMP)
+	$(BIN)/python benchmarks/harness.py --quick $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis taskforge-demo.db*
+	rm -rf $(VENV) benchmarks/.venvs .pytest_cache .mypy_cache .ruff_cache .hypothesis taskforge-demo.db*
