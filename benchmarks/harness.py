@@ -28,14 +28,15 @@ import os
 import pathlib
 import platform
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -100,8 +101,12 @@ class Settings:
     #: Longest a worker may go without starting a job before a drain is called stuck.
     stall_timeout: float = 60.0
     workloads: tuple[str, ...] = ("enqueue", "drain", "wakeup", "scaleout", "soak")
+    #: Rounds of the enqueue, drain and wake-up workloads (scale-out and soak run once); each
+    #: round runs every system in turn, so that a burst of load elsewhere hits all alike.
+    repeat: int = 1
+    #: Benchmark-only: URL query options appended to TaskForge's URL (``poll_interval=0.005``).
+    taskforge_options: str = ""
     quick: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class BenchError(RuntimeError):
@@ -150,17 +155,23 @@ async def _pg_admin(url: str, statement: str) -> None:
         await conn.close()
 
 
+def _tf_url(url: str, system: System, settings: Settings) -> str:
+    if not system.taskforge or not settings.taskforge_options:
+        return url
+    return url + ("&" if "?" in url else "?") + settings.taskforge_options
+
+
 @contextmanager
 def store(system: System, settings: Settings, workdir: pathlib.Path) -> Iterator[str]:
     """A fresh, empty store for one workload; yields the URL the adapter connects to."""
     if system.store == "sqlite":
         db = workdir / "bench.db"
-        yield f"sqlite:///{db}" if system.taskforge else str(db)
+        yield _tf_url(f"sqlite:///{db}", system, settings) if system.taskforge else str(db)
     elif system.store == "postgres":
         name = f"tfbench_{secrets.token_hex(4)}"
         asyncio.run(_pg_admin(settings.postgres, f'CREATE DATABASE "{name}"'))
         try:
-            yield _with_database(settings.postgres, name)
+            yield _tf_url(_with_database(settings.postgres, name), system, settings)
         finally:
             asyncio.run(_pg_admin(settings.postgres, f'DROP DATABASE "{name}" WITH (FORCE)'))
     else:
@@ -351,10 +362,18 @@ def drain(
         adapter.command("setup")
         adapter.command("fill", "--jobs", str(jobs))
         log = StartLog(workdir, jobs, keep_times=False)
+        peak = 0.0
+
+        def sample(log: StartLog) -> None:
+            nonlocal peak
+            for proc in adapter.workers:
+                with suppress(OSError, BenchError):
+                    peak = max(peak, _rss_mib(proc.pid))
+
         try:
             for _ in range(workers):
                 adapter.start_worker()
-            wait_for(adapter, log, settings)
+            wait_for(adapter, log, settings, on_tick=sample)
             settle(log)
         finally:
             adapter.stop_workers()
@@ -365,6 +384,7 @@ def drain(
         "workers": workers,
         "seconds": seconds,
         "jobs_per_s": (jobs - 1) / seconds if seconds > 0 else float("inf"),
+        "worker_rss_peak_mib": round(peak, 2),
         **log.verify(),
     }
 
@@ -450,27 +470,51 @@ def soak(system: System, settings: Settings, workdir: pathlib.Path) -> dict[str,
 # -- orchestration --------------------------------------------------------------------------
 
 
-def run_system(system: System, settings: Settings, tmp: pathlib.Path) -> dict[str, Any]:
+def _example_url(system: System, settings: Settings, tmp: pathlib.Path) -> str:
+    """A URL of the system's kind of store, for its ``config`` command (which connects to
+    nothing)."""
+    if system.store == "postgres":
+        return _tf_url(settings.postgres, system, settings)
+    if system.store == "redis":
+        return settings.redis
+    db = tmp / "config.db"
+    return _tf_url(f"sqlite:///{db}", system, settings) if system.taskforge else str(db)
+
+
+def describe(system: System, settings: Settings, tmp: pathlib.Path) -> dict[str, Any]:
+    """A system's entry in results.json, with the configuration its adapter reports."""
     entry: dict[str, Any] = {"label": system.label, "store": system.store, "results": {}}
-    errors: dict[str, str] = {}
     try:
-        entry["config"] = Adapter(system, "", tmp).command("config")
+        entry["config"] = Adapter(system, _example_url(system, settings, tmp), tmp).command(
+            "config"
+        )
+        if system.taskforge and settings.taskforge_options:
+            entry["config"]["benchmark-only URL options"] = settings.taskforge_options
     except (BenchError, subprocess.SubprocessError) as exc:
         entry["config"] = {}
-        errors["config"] = str(exc)
-    results = entry["results"]
+        entry["errors"] = {"config": str(exc)}
+    return entry
+
+
+def run_round(
+    system: System, settings: Settings, tmp: pathlib.Path, runs: dict[str, list[Any]], first: bool
+) -> None:
+    """Every workload of ``system`` once; each result (or error text) appended to ``runs``."""
 
     def attempt(name: str, fn: Any, *args: Any) -> None:
         folder = pathlib.Path(tempfile.mkdtemp(prefix=f"{name}-", dir=tmp))
         print(f"[bench] {system.key}: {name} ...", flush=True)
         started = time.monotonic()
         try:
-            results[name] = fn(system, settings, folder, *args)
-            brief = report.brief(name, results[name])
+            result = fn(system, settings, folder, *args)
+            brief = report.brief(name, result)
             print(f"[bench] {system.key}: {name}: {brief} ({time.monotonic() - started:.0f} s)")
         except (BenchError, subprocess.SubprocessError, OSError) as exc:
-            errors[name] = str(exc)
+            result = str(exc)
             print(f"[bench] {system.key}: {name} FAILED: {exc}", flush=True)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        runs.setdefault(name, []).append(result)
 
     if "enqueue" in settings.workloads:
         attempt("enqueue", enqueue)
@@ -478,17 +522,37 @@ def run_system(system: System, settings: Settings, tmp: pathlib.Path) -> dict[st
         attempt("drain", drain)
     if "wakeup" in settings.workloads:
         attempt("wakeup", wakeup)
-    if "scaleout" in settings.workloads and system.store == "postgres":
+    # Scale-out and soak run in the first round only: they are long, and judged on their own.
+    if first and "scaleout" in settings.workloads and system.store == "postgres":
         for workers in settings.scale_out:
-            if workers == 1 and "drain" in results:
-                results["drain_1"] = results["drain"]
-                continue
-            attempt(f"drain_{workers}", drain, workers)
-    if "soak" in settings.workloads and system.taskforge and system.store == settings.soak_store:
+            if workers != 1 or "drain" not in settings.workloads:
+                attempt(f"drain_{workers}", drain, workers)
+    soak_here = system.taskforge and system.store == settings.soak_store
+    if first and "soak" in settings.workloads and soak_here:
         attempt("soak", soak)
-    if errors:
-        entry["errors"] = errors
-    return entry
+
+
+def combine(entry: dict[str, Any], runs: dict[str, list[Any]]) -> None:
+    """Each workload's median run (by its headline figure) into ``entry["results"]``; every
+    run's headline in ``"rounds"``; an error if any round failed."""
+    results, errors = entry["results"], entry.setdefault("errors", {})
+    for name, attempts in runs.items():
+        good = [a for a in attempts if isinstance(a, dict)]
+        failed = [a for a in attempts if not isinstance(a, dict)]
+        if failed:
+            errors[name] = failed[-1]
+        if not good:
+            continue
+        chosen = report.median_run(name, good)
+        if len(good) > 1:
+            chosen = {**chosen, "rounds": [report.headline(name, a) for a in good]}
+            if any("exactly_once" in a for a in good):
+                chosen["exactly_once"] = all(a.get("exactly_once") for a in good)
+        results[name] = chosen
+    if "drain" in results and any(name.startswith("drain_") for name in results):
+        results.setdefault("drain_1", results["drain"])
+    if not errors:
+        del entry["errors"]
 
 
 def meta(settings: Settings) -> dict[str, Any]:
@@ -511,6 +575,8 @@ def meta(settings: Settings) -> dict[str, Any]:
             "soak_jobs": settings.soak_jobs,
             "soak_store": settings.soak_store,
             "workloads": list(settings.workloads),
+            "repeat": settings.repeat,
+            "taskforge_options": settings.taskforge_options,
         },
     }
 
@@ -537,11 +603,18 @@ def run(
     for system in systems:  # make every venv first, so installs do not disturb measurements
         python_for(system.venv)
     with tempfile.TemporaryDirectory(prefix="taskforge-bench-") as tmp:
-        for system in systems:
-            folder = pathlib.Path(tmp) / system.key
-            folder.mkdir()
-            results["systems"][system.key] = run_system(system, settings, folder)
-            (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        entries = {s.key: describe(s, settings, pathlib.Path(tmp)) for s in systems}
+        runs: dict[str, dict[str, list[Any]]] = {s.key: {} for s in systems}
+        for number in range(settings.repeat):
+            for system in systems:
+                if settings.repeat > 1:
+                    print(f"[bench] round {number + 1} of {settings.repeat}: {system.key}")
+                folder = pathlib.Path(tmp) / f"{system.key}-{number}"
+                folder.mkdir()
+                run_round(system, settings, folder, runs[system.key], first=number == 0)
+                combine(entries[system.key], runs[system.key])
+                results["systems"] = entries
+                (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     results["meta"]["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["targets"] = report.targets(results)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -567,13 +640,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wakeups", type=int, help="wake-up samples (500)")
     p.add_argument("--soak-jobs", type=int, help="jobs in the soak (1000000)")
     p.add_argument("--soak-store", choices=("sqlite", "postgres"), help="(sqlite)")
+    p.add_argument(
+        "--repeat", type=int, default=1, help="rounds, systems taking turns; medians count (1)"
+    )
+    p.add_argument(
+        "--taskforge-options",
+        default="",
+        help="benchmark-only: URL options for TaskForge, e.g. poll_interval=0.005",
+    )
     p.add_argument("--postgres", default=os.environ.get("BENCH_POSTGRES_URL", DEFAULT_POSTGRES))
     p.add_argument("--redis", default=os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS))
     p.add_argument("--out", type=pathlib.Path, default=ROOT / "results")
     p.add_argument("--no-charts", action="store_true", help="skip the PNGs (no matplotlib venv)")
     args = p.parse_args(argv)
 
-    settings = Settings(postgres=args.postgres, redis=args.redis)
+    settings = Settings(
+        postgres=args.postgres,
+        redis=args.redis,
+        repeat=max(1, args.repeat),
+        taskforge_options=args.taskforge_options,
+    )
     if args.quick:
         settings.quick = True
         settings.jobs, settings.batch, settings.wakeups = 300, 100, 30

@@ -56,6 +56,32 @@ def rss_summary(samples: Sequence[Sequence[float]], jobs: int) -> dict[str, Any]
     }
 
 
+def headline(name: str, result: dict[str, Any]) -> float:
+    """The figure a workload is judged by: p99 for wake-ups, else throughput (bulk, then
+    single, for enqueues)."""
+    if name == "wakeup":
+        return float(result["p99_ms"])
+    if name == "enqueue":
+        bulk = result.get("bulk", {})
+        return float(bulk.get("jobs_per_s", result["single"]["jobs_per_s"]))
+    return float(result["jobs_per_s"])
+
+
+def median_run(name: str, runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The run whose headline figure is the median (the lower middle one for an even count);
+    enqueue runs are combined field by field, single and bulk each from its own median."""
+    if name == "enqueue" and len(runs) > 1:
+        out = dict(runs[0])
+        for part in ("single", "bulk"):
+            rated = [r[part] for r in runs if "jobs_per_s" in r.get(part, {})]
+            if rated:
+                rated.sort(key=lambda r: r["jobs_per_s"])
+                out[part] = rated[(len(rated) - 1) // 2]
+        return out
+    ordered = sorted(runs, key=lambda r: headline(name, r))
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def brief(name: str, result: dict[str, Any]) -> str:
     """One line for the harness's progress output."""
     if name == "enqueue":
@@ -199,8 +225,8 @@ def markdown(results: dict[str, Any], images: Sequence[pathlib.Path] = ()) -> st
         "## Throughput and latency",
         "",
         "| system | enqueue, single (jobs/s) | enqueue, bulk (jobs/s) | drain, 1 worker (jobs/s) "
-        "| wake-up p50 / p95 / p99 / max (ms) | exactly once |",
-        "|---|--:|--:|--:|--:|:-:|",
+        "| wake-up p50 / p95 / p99 / max (ms) | worker RSS in drain (MiB) | exactly once |",
+        "|---|--:|--:|--:|--:|--:|:-:|",
     ]
     for key, entry in results["systems"].items():
         r = entry.get("results", {})
@@ -217,7 +243,7 @@ def markdown(results: dict[str, Any], images: Sequence[pathlib.Path] = ()) -> st
         lines.append(
             f"| {entry['label']} | {_rate(_get(results, key, 'enqueue', 'single', 'jobs_per_s'))} "
             f"| {bulk_text} | {_rate(_get(results, key, 'drain', 'jobs_per_s'))} | {wake_text} "
-            f"| {once} |"
+            f"| {_ms(_get(results, key, 'drain', 'worker_rss_peak_mib'))} | {once} |"
         )
 
     scale = {
