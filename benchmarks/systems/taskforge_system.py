@@ -9,6 +9,7 @@ every other setting at its default (SQLite ``synchronous=normal``, PostgreSQL
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any
@@ -18,6 +19,27 @@ from _common import URL, WARMUP, emit, pace, parser, quiet_logging, record, wait
 from _common import write_sent as _write_sent
 
 from taskforge_core import TaskForge, Worker
+
+#: Benchmark-only experiments (``harness.py --taskforge-experiment``), each a change the
+#: profile suggests, tried here before anyone changes the backend:
+#:
+#: - ``pool-no-reset``: asyncpg pools skip the reset query that ``Pool.release`` otherwise
+#:   runs after every storage call (``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+#:   RESET ALL``): one round trip less per call.
+EXPERIMENTS = frozenset(filter(None, os.environ.get("BENCH_TF_EXPERIMENT", "").split(",")))
+if "pool-no-reset" in EXPERIMENTS:
+    import asyncpg
+
+    _create_pool = asyncpg.create_pool
+
+    async def _no_reset(connection: Any) -> None:
+        return None
+
+    def _pool_without_reset(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("reset", _no_reset)
+        return _create_pool(*args, **kwargs)
+
+    asyncpg.create_pool = _pool_without_reset
 
 QUEUE = "bench"
 #: Jobs one worker runs at once; its claims take as many.
@@ -47,6 +69,7 @@ def config() -> dict[str, Any]:
         else "WAL, synchronous=normal",
         "enqueue": "task.enqueue(n); bulk: task.enqueue_many([...])",
         "event loop": "asyncio (anyio)",
+        **({"benchmark-only experiments": ", ".join(sorted(EXPERIMENTS))} if EXPERIMENTS else {}),
     }
 
 
