@@ -33,12 +33,14 @@ lint: $(STAMP)
 
 check: lint test
 
-## make bench: TaskForge and its peers side by side, every workload (takes a while; each peer
-## gets its own venv under benchmarks/.venvs on first use). BENCH_ARGS passes options on, e.g.
+## make bench: TaskForge and its peers side by side, every workload, three rounds (about 40
+## minutes; each peer gets its own venv under benchmarks/.venvs on first use). BENCH_REPEAT sets
+## the rounds; BENCH_ARGS passes options on, e.g.
 ## make bench BENCH_ARGS="--systems taskforge-postgres,pgqueuer --soak-jobs 100000".
 ## Results go to results/<timestamp>/ (results.md, results.json, *.png).
+BENCH_REPEAT ?= 3
 bench: $(STAMP)
-	$(BIN)/python benchmarks/harness.py $(if $(QUICK),--quick) $(BENCH_ARGS)
+	$(BIN)/python benchmarks/harness.py $(if $(QUICK),--quick,--repeat $(BENCH_REPEAT)) $(BENCH_ARGS)
 
 ## make bench-quick (or make bench QUICK=1): a smoke run, TaskForge only, small N
 bench-quick: $(STAMP)

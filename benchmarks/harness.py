@@ -697,7 +697,22 @@ def main(argv: list[str] | None = None) -> int:
     out = run(settings, systems, args.out, draw)
     print((out / "results.md").read_text())
     print(f"[bench] results in {out}")
-    return 0
+    return 1 if problems(json.loads((out / "results.json").read_text()), settings) else 0
+
+
+def problems(results: dict[str, Any], settings: Settings) -> list[str]:
+    """What makes the run fail: a job that did not run exactly once anywhere, or (in quick
+    mode, the smoke test of the harness itself) any workload that could not be measured."""
+    found = []
+    for key, entry in results["systems"].items():
+        for name, result in entry.get("results", {}).items():
+            if result.get("exactly_once") is False:
+                found.append(f"{key}: {name}: not exactly once")
+        if settings.quick:
+            found += [f"{key}: {name} failed" for name in entry.get("errors", {})]
+    for line in found:
+        print(f"[bench] PROBLEM: {line}", file=sys.stderr)
+    return found
 
 
 if __name__ == "__main__":
