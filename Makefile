@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint check clean
+.PHONY: demo test lint check clean bench bench-quick
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "TaskForge needs Python 3.11 or newer on PATH (python3.11, python3.12, ...)"; exit 1; }
@@ -29,8 +29,22 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/mypy benchmarks/harness.py benchmarks/report.py benchmarks/profile_top.py
 
 check: lint test
 
+## make bench: TaskForge and its peers side by side, every workload, three rounds (about 40
+## minutes; each peer gets its own venv under benchmarks/.venvs on first use). BENCH_REPEAT sets
+## the rounds; BENCH_ARGS passes options on, e.g.
+## make bench BENCH_ARGS="--systems taskforge-postgres,pgqueuer --soak-jobs 100000".
+## Results go to results/<timestamp>/ (results.md, results.json, *.png).
+BENCH_REPEAT ?= 3
+bench: $(STAMP)
+	$(BIN)/python benchmarks/harness.py $(if $(QUICK),--quick,--repeat $(BENCH_REPEAT)) $(BENCH_ARGS)
+
+## make bench-quick (or make bench QUICK=1): a smoke run, TaskForge only, small N
+bench-quick: $(STAMP)
+	$(BIN)/python benchmarks/harness.py --quick $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis taskforge-demo.db*
+	rm -rf $(VENV) benchmarks/.venvs .pytest_cache .mypy_cache .ruff_cache .hypothesis taskforge-demo.db*
