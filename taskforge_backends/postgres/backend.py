@@ -133,6 +133,13 @@ _UNAVAILABLE_CLASSES = ("08", "53", "57", "40")
 _Q = _sql.queries()
 
 
+async def _keep_session(conn: Connection) -> None:
+    """The pool's reset: nothing beyond the rollback of a dangling transaction that asyncpg
+    always does. Its default reset (unlock advisory locks, close cursors, UNLISTEN, RESET ALL)
+    is one more round trip on every release, and pooled connections never take session state:
+    LISTEN and the migrations' advisory lock use connections of their own."""
+
+
 def create(url: str, config: BackendConfig) -> PostgresStorage:
     """The backend factory named by the plugin: build (do not open) a storage for ``url``."""
     return PostgresStorage(url, config)
@@ -599,7 +606,7 @@ class PostgresStorage:
         return settings
 
     async def _connect(self) -> Any:
-        """A connection outside the pool (for LISTEN)."""
+        """A connection outside the pool (for LISTEN, and for migrations)."""
         return await asyncpg.connect(
             self._settings.dsn,
             timeout=self._settings.connect_timeout,
@@ -632,6 +639,7 @@ class PostgresStorage:
                 command_timeout=settings.command_timeout,
                 statement_cache_size=settings.statement_cache_size,
                 server_settings=self._server_settings(),
+                reset=_keep_session,
             )
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise self._error(exc) from exc
@@ -668,13 +676,22 @@ class PostgresStorage:
         history partitions (old ones are only dropped by :meth:`prune`). Returns the names of
         the migrations applied."""
         now = self._now()
-
-        async def run(conn: Connection) -> list[str]:
+        self._require_pool()
+        # A connection of its own: the migration lock is a session-level advisory lock, and
+        # pooled connections must carry no session state (see _keep_session).
+        try:
+            conn = await self._connect()
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise self._error(exc) from exc
+        try:
             applied = await apply_migrations(conn, timeout=None)
             await self._maintain(conn, now, RetentionPolicy().partitions_ahead, None)
             return applied
-
-        return await self._run(run)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise self._error(exc) from exc
+        finally:
+            with anyio.CancelScope(shield=True):
+                await conn.close()
 
     async def _maintain(
         self, conn: Connection, now: dt.datetime | None, ahead: int, retain: dt.timedelta | None
