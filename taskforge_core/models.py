@@ -92,6 +92,10 @@ class NewJob:
     key: str | None = None
     #: Free-form string metadata carried with the job (trace context, correlation id).
     headers: Mapping[str, str] = attrs.field(factory=dict)
+    #: The JSON of ``args`` and ``kwargs`` as ``Task.build`` encoded them to check their size,
+    #: so that a backend need not encode them again; None when not encoded yet. Leave it None
+    #: when building a ``NewJob`` by hand.
+    encoded: tuple[str, str] | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)

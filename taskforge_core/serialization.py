@@ -10,13 +10,16 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import cattrs
 
 from taskforge_core.errors import PayloadTooLargeError, SerializationError
 
-__all__ = ["check_payload", "converter", "decode", "encode", "structure"]
+if TYPE_CHECKING:
+    from taskforge_core.models import NewJob
+
+__all__ = ["converter", "decode", "encode", "encode_payload", "job_payload", "structure"]
 
 T = TypeVar("T")
 
@@ -53,17 +56,35 @@ def decode(text: str | bytes | None) -> Any:
         raise SerializationError(f"stored JSON is corrupt: {exc}") from exc
 
 
-def check_payload(
+def encode_payload(
     args: tuple[Any, ...], kwargs: Mapping[str, Any], *, task: str, limit: int
-) -> None:
-    """Raise unless a job's arguments are JSON and encode to at most ``limit`` bytes."""
-    text = encode([list(args), dict(kwargs)], what=f"the arguments of {task!r}")
-    size = len(text.encode())
-    if size > limit:
-        raise PayloadTooLargeError(
-            f"the arguments of {task!r} encode to {size} bytes, over the limit of {limit} "
-            "(raise max_payload_bytes, or pass a reference such as a path or id instead)"
-        )
+) -> tuple[str, str]:
+    """The JSON of a job's ``args`` (a list) and ``kwargs`` (an object); raises unless both
+    encode, together in at most ``limit`` bytes. Backends store the texts as they are (see
+    ``NewJob.encoded``), so arguments are encoded once per job."""
+    what = f"the arguments of {task!r}"
+    args_json = encode(list(args), what=what) if args else "[]"
+    kwargs_json = encode(dict(kwargs), what=what) if kwargs else "{}"
+    size = len(args_json) + len(kwargs_json)  # characters: a UTF-8 byte count is at most 4x
+    if size * 4 > limit:
+        size = len(args_json.encode()) + len(kwargs_json.encode())
+        if size > limit:
+            raise PayloadTooLargeError(
+                f"the arguments of {task!r} encode to {size} bytes, over the limit of {limit} "
+                "(raise max_payload_bytes, or pass a reference such as a path or id instead)"
+            )
+    return args_json, kwargs_json
+
+
+def job_payload(job: NewJob) -> tuple[str, str]:
+    """The JSON of ``job.args`` and ``job.kwargs`` for a backend to store: the texts
+    ``Task.build`` already made, or encoded here (a ``NewJob`` built by hand)."""
+    if job.encoded is not None:
+        return job.encoded
+    what = f"the arguments of job {job.id} ({job.task})"
+    args_json = encode(list(job.args), what=what) if job.args else "[]"
+    kwargs_json = encode(dict(job.kwargs), what=what) if job.kwargs else "{}"
+    return args_json, kwargs_json
 
 
 def structure(data: Any, cls: type[T]) -> T:

@@ -15,7 +15,7 @@ from taskforge_core.ids import uuid7
 from taskforge_core.models import NewJob
 from taskforge_core.ratelimit import RateLimit
 from taskforge_core.retry import Retry
-from taskforge_core.serialization import check_payload
+from taskforge_core.serialization import encode_payload
 
 if TYPE_CHECKING:
     from taskforge_core.app import TaskForge
@@ -152,7 +152,7 @@ class Task(Generic[P, R]):
                 self._signature.bind(*args, **kwargs)
             except TypeError as exc:
                 raise InvalidJobError(f"bad arguments for task {self.name!r}: {exc}") from None
-        check_payload(args, kwargs, task=self.name, limit=self.app.max_payload_bytes)
+        encoded = encode_payload(args, kwargs, task=self.name, limit=self.app.max_payload_bytes)
         opts = self._options
         priority = self.priority if opts.priority is None else opts.priority
         max_attempts = self.retry.max_attempts if opts.max_attempts is None else opts.max_attempts
@@ -178,6 +178,7 @@ class Task(Generic[P, R]):
             depends_on=tuple(_job_id(ref) for ref in opts.depends_on) if opts.depends_on else (),
             key=opts.key,
             headers=headers,
+            encoded=encoded,
         )
 
     # -- enqueueing ----------------------------------------------------------------------

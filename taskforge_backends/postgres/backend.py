@@ -100,7 +100,7 @@ from taskforge_core.models import (
 )
 from taskforge_core.protocols import Capability
 from taskforge_core.retention import PruneReport, RetentionPolicy
-from taskforge_core.serialization import decode, encode
+from taskforge_core.serialization import decode, encode, job_payload
 from taskforge_core.states import ExecutionStatus, JobStatus, check_transition
 
 __all__ = ["PostgresStorage", "create"]
@@ -310,7 +310,7 @@ def _prepare(jobs: Sequence[NewJob], app_now: dt.datetime) -> list[_Prepared]:
                 shift = _aware(job.scheduled_for, "scheduled_for") - app_now
             except (ValueError, TypeError, OverflowError) as exc:
                 raise _bad_job(job_id, str(exc)) from exc
-        what = f"the arguments of job {job_id} ({job.task})"
+        args_json, kwargs_json = job_payload(job)
         if job.headers:
             headers = dict(job.headers)
             if not all(type(k) is str and type(v) is str for k, v in headers.items()):
@@ -325,8 +325,8 @@ def _prepare(jobs: Sequence[NewJob], app_now: dt.datetime) -> list[_Prepared]:
                 request=job,
                 id=job_id,
                 key=None if job.key is None else (job.project, job.key),
-                args=encode(list(job.args), what=what) if job.args else "[]",
-                kwargs=encode(dict(job.kwargs), what=what) if job.kwargs else "{}",
+                args=args_json,
+                kwargs=kwargs_json,
                 headers=headers_json,
                 shift=shift,
                 depends_on=tuple(dict.fromkeys(job.depends_on)),

@@ -79,7 +79,7 @@ from taskforge_core.models import (
 )
 from taskforge_core.protocols import Capability
 from taskforge_core.retention import PruneReport, RetentionPolicy
-from taskforge_core.serialization import decode, encode
+from taskforge_core.serialization import decode, encode, job_payload
 from taskforge_core.states import ExecutionStatus, JobStatus, check_transition
 
 __all__ = ["SQLiteStorage", "create"]
@@ -697,7 +697,7 @@ def _prepare(jobs: Sequence[NewJob], now: int) -> list[_Prepared]:
                 scheduled_for = _micros(job.scheduled_for, "scheduled_for")
             except (ValueError, TypeError, OverflowError, AttributeError) as exc:
                 raise _bad_job(job_id, str(exc)) from exc
-        what = f"the arguments of job {job_id} ({job.task})"
+        args_json, kwargs_json = job_payload(job)
         if job.headers:
             headers = dict(job.headers)
             if not all(type(k) is str and type(v) is str for k, v in headers.items()):
@@ -709,8 +709,8 @@ def _prepare(jobs: Sequence[NewJob], now: int) -> list[_Prepared]:
             _Prepared(
                 request=job,
                 id=job_id,
-                args=encode(list(job.args), what=what) if job.args else "[]",
-                kwargs=encode(dict(job.kwargs), what=what) if job.kwargs else "{}",
+                args=args_json,
+                kwargs=kwargs_json,
                 headers=headers_json,
                 scheduled_for=scheduled_for,
                 depends_on=tuple(dict.fromkeys(str(p) for p in job.depends_on))

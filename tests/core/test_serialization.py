@@ -6,19 +6,45 @@ import uuid
 import pytest
 
 from taskforge_core import ErrorInfo, Job, JobStatus, PayloadTooLargeError, SerializationError
-from taskforge_core.serialization import check_payload, converter, decode, encode
+from taskforge_core.serialization import converter, decode, encode, encode_payload
 
 
 def test_non_json_arguments_are_rejected_with_the_task_named() -> None:
     with pytest.raises(SerializationError, match=r"'t'.*not JSON"):
-        check_payload((object(),), {}, task="t", limit=1000)
+        encode_payload((object(),), {}, task="t", limit=1000)
     with pytest.raises(SerializationError):
-        check_payload((), {"x": float("nan")}, task="t", limit=1000)
+        encode_payload((), {"x": float("nan")}, task="t", limit=1000)
 
 
 def test_payload_over_the_limit_is_rejected_with_its_size() -> None:
     with pytest.raises(PayloadTooLargeError, match="over the limit of 10"):
-        check_payload(("x" * 20,), {}, task="t", limit=10)
+        encode_payload(("x" * 20,), {}, task="t", limit=10)
+
+
+def test_the_payload_limit_counts_utf8_bytes_not_characters() -> None:
+    assert encode_payload(("é" * 4,), {}, task="t", limit=14) == ('["éééé"]', "{}")
+    with pytest.raises(PayloadTooLargeError, match="encode to 19 bytes"):
+        encode_payload(("é" * 4,), {"k": 1}, task="t", limit=18)  # 15 characters, 19 bytes
+    assert encode_payload((), {}, task="t", limit=4) == ("[]", "{}")
+
+
+def test_a_backend_stores_the_json_that_build_made_or_encodes_a_hand_made_job() -> None:
+    from taskforge_core import NewJob, TaskForge
+    from taskforge_core.serialization import job_payload
+
+    app = TaskForge("sqlite:///:memory:")
+
+    @app.task(name="t")
+    async def t(a: int, *, b: str = "") -> None: ...
+
+    built = t.build((1,), {"b": "x"})
+    assert built.encoded == ("[1]", '{"b":"x"}')
+    assert job_payload(built) is built.encoded
+    by_hand = NewJob(id=uuid.uuid4(), task="t", args=(1, (2, 3)), kwargs={"b": "x"})
+    assert job_payload(by_hand) == ("[1,[2,3]]", '{"b":"x"}')
+    assert by_hand == NewJob(
+        id=by_hand.id, task="t", args=(1, (2, 3)), kwargs={"b": "x"}, encoded=("x", "y")
+    ), "the encoded texts are a cache: they take no part in equality"
 
 
 def test_models_round_trip_through_the_converter() -> None:
