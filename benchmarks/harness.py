@@ -106,8 +106,6 @@ class Settings:
     repeat: int = 1
     #: Benchmark-only: URL query options appended to TaskForge's URL (``poll_interval=0.005``).
     taskforge_options: str = ""
-    #: Benchmark-only: experiments of ``systems/taskforge_system.py`` (``pool-no-reset``).
-    taskforge_experiment: str = ""
     quick: bool = False
 
 
@@ -204,7 +202,6 @@ class Adapter:
             "BENCH_WORKDIR": str(workdir),
             "PYTHONPATH": str(SYSTEMS_DIR),
             "PYTHONUNBUFFERED": "1",
-            "BENCH_TF_EXPERIMENT": os.environ.get("BENCH_TF_EXPERIMENT", ""),
         }
         self.workers: list[subprocess.Popen[bytes]] = []
 
@@ -580,7 +577,6 @@ def meta(settings: Settings) -> dict[str, Any]:
             "workloads": list(settings.workloads),
             "repeat": settings.repeat,
             "taskforge_options": settings.taskforge_options,
-            "taskforge_experiment": settings.taskforge_experiment,
         },
     }
 
@@ -648,12 +644,6 @@ def main(argv: list[str] | None = None) -> int:
         "--repeat", type=int, default=1, help="rounds, systems taking turns; medians count (1)"
     )
     p.add_argument(
-        "--taskforge-experiment",
-        default="",
-        help="benchmark-only: try a change on TaskForge's side (pool-no-reset); see "
-        "systems/taskforge_system.py",
-    )
-    p.add_argument(
         "--taskforge-options",
         default="",
         help="benchmark-only: URL options for TaskForge, e.g. poll_interval=0.005",
@@ -669,10 +659,7 @@ def main(argv: list[str] | None = None) -> int:
         redis=args.redis,
         repeat=max(1, args.repeat),
         taskforge_options=args.taskforge_options,
-        taskforge_experiment=args.taskforge_experiment,
     )
-    if settings.taskforge_experiment:
-        os.environ["BENCH_TF_EXPERIMENT"] = settings.taskforge_experiment
     if args.quick:
         settings.quick = True
         settings.jobs, settings.batch, settings.wakeups = 300, 100, 30

@@ -2,14 +2,13 @@
 
 Configured as the docs recommend for async no-op jobs: an ``async def`` task, one worker with
 ``concurrency`` jobs at once (the claim batch is the concurrency), wake-ups pushed by
-LISTEN/NOTIFY on PostgreSQL and by SQLite's ``data_version`` poll (20 ms) across processes,
+LISTEN/NOTIFY on PostgreSQL and by an inotify watch on SQLite's WAL across processes,
 every other setting at its default (SQLite ``synchronous=normal``, PostgreSQL
 ``synchronous_commit`` as the server has it, lease 30 s).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import Any
@@ -19,27 +18,6 @@ from _common import URL, WARMUP, emit, pace, parser, quiet_logging, record, wait
 from _common import write_sent as _write_sent
 
 from taskforge_core import TaskForge, Worker
-
-#: Benchmark-only experiments (``harness.py --taskforge-experiment``), each a change the
-#: profile suggests, tried here before anyone changes the backend:
-#:
-#: - ``pool-no-reset``: asyncpg pools skip the reset query that ``Pool.release`` otherwise
-#:   runs after every storage call (``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
-#:   RESET ALL``): one round trip less per call.
-EXPERIMENTS = frozenset(filter(None, os.environ.get("BENCH_TF_EXPERIMENT", "").split(",")))
-if "pool-no-reset" in EXPERIMENTS:
-    import asyncpg
-
-    _create_pool = asyncpg.create_pool
-
-    async def _no_reset(connection: Any) -> None:
-        return None
-
-    def _pool_without_reset(*args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("reset", _no_reset)
-        return _create_pool(*args, **kwargs)
-
-    asyncpg.create_pool = _pool_without_reset
 
 QUEUE = "bench"
 #: Jobs one worker runs at once; its claims take as many.
@@ -63,13 +41,14 @@ def config() -> dict[str, Any]:
         "backend": backend,
         "task": "async def noop(n)",
         "worker": f"Worker(app, ['bench'], concurrency={CONCURRENCY}), batch = concurrency",
-        "wake-ups": "LISTEN/NOTIFY" if URL.startswith("postgres") else "data_version poll 20 ms",
+        "wake-ups": "LISTEN/NOTIFY"
+        if URL.startswith("postgres")
+        else "inotify on the WAL (Linux), else a data_version poll every 20 ms",
         "durability": "server default synchronous_commit=on"
         if URL.startswith("postgres")
         else "WAL, synchronous=normal",
         "enqueue": "task.enqueue(n); bulk: task.enqueue_many([...])",
         "event loop": "asyncio (anyio)",
-        **({"benchmark-only experiments": ", ".join(sorted(EXPERIMENTS))} if EXPERIMENTS else {}),
     }
 
 
