@@ -412,6 +412,20 @@ class Worker:
         if self._ran:
             raise RuntimeError("a Worker runs once; make a new Worker to run again")
         self._ran = True
+        if not handle_signals:
+            return await self._run(stop_when_idle, task_status)
+        # Signals are watched from the very start: a SIGTERM while the storage opens or the
+        # worker registers (a deploy that stops a worker just started) drains it cleanly
+        # instead of killing the process.
+        async with anyio.create_task_group() as signals:
+            await signals.start(self._watch_signals, name="taskforge signals")
+            try:
+                stats = await self._run(stop_when_idle, task_status)
+            finally:
+                signals.cancel_scope.cancel()
+        return stats
+
+    async def _run(self, stop_when_idle: bool, task_status: TaskStatus[None]) -> WorkerStats:
         self._stop_when_idle = stop_when_idle
         self._wake = anyio.Event()
         self._runner_done = anyio.Event()
@@ -444,8 +458,6 @@ class Worker:
                 if self._events is not None:
                     await tg.start(self._listen, self._events, name="taskforge event listener")
                     tg.start_soon(self._announce, self._events, name="taskforge announcer")
-                if handle_signals:
-                    await tg.start(self._watch_signals, name="taskforge signals")
                 if self.run_scheduler:
                     self._start_scheduler(tg)
                 if self.prune_every is not None and self._can_prune(storage):
@@ -476,7 +488,7 @@ class Worker:
     async def _register(self, storage: Storage) -> None:
         """Record this worker; while the store is unreachable (a database restarting), try
         again every ``poll_interval`` instead of exiting."""
-        while True:
+        while not self._draining:
             try:
                 await storage.register_worker(self._info())
                 return

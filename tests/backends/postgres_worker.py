@@ -13,7 +13,16 @@ because the database is unavailable is tried again with a new job (the failed on
 not have been stored: only enqueues that returned are promised).
 """
 
+# ruff: noqa: E402 - the SIGTERM handler goes in before the imports, so a SIGTERM while this
+# script still imports is noted rather than fatal.
 from __future__ import annotations
+
+import signal
+
+#: A SIGTERM that arrives before the worker watches signals itself (while this script still
+#: imports, or the storage opens) is noted here and turned into a drain once it runs.
+_stopped_early: list[int] = []
+signal.signal(signal.SIGTERM, lambda signum, frame: _stopped_early.append(signum))
 
 import argparse
 import json
@@ -21,6 +30,7 @@ import logging
 import os
 import sys
 import time
+from typing import Any
 
 import anyio
 import attrs
@@ -47,18 +57,29 @@ def make_app(url: str) -> TaskForge:
 
 
 async def run_worker(url: str, concurrency: int) -> None:
-    async with make_app(url) as app:
-        worker = Worker(
-            app,
-            concurrency=concurrency,
-            lease=LEASE,
-            heartbeat_interval=LEASE / 5,
-            reclaim_interval=LEASE / 5,
-            poll_interval=0.2,
-            grace_period=10.0,
-        )
-        stats = await worker.run(handle_signals=True)
-    print(json.dumps(attrs.asdict(stats)), flush=True)
+    app = make_app(url)
+    worker = Worker(
+        app,
+        concurrency=concurrency,
+        lease=LEASE,
+        heartbeat_interval=LEASE / 5,
+        reclaim_interval=LEASE / 5,
+        poll_interval=0.2,
+        grace_period=10.0,
+    )
+    stats: list[Any] = []
+
+    async def run(*, task_status: Any) -> None:
+        stats.append(await worker.run(handle_signals=True, task_status=task_status))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(run)  # registered, and watching signals itself
+            if _stopped_early:
+                worker.drain()
+    finally:
+        await app.close()
+    print(json.dumps(attrs.asdict(stats[0])), flush=True)
 
 
 async def run_enqueuer(url: str, out: str, seconds: float) -> None:

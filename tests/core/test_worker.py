@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import pathlib
+import signal
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -800,3 +803,32 @@ def test_bad_pruning_options_are_refused(
 def test_a_bad_retention_policy_is_refused(fields: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError, match="RetentionPolicy"):
         RetentionPolicy(**fields)
+
+
+async def test_a_sigterm_while_the_worker_starts_drains_it_instead_of_killing_it(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A deploy may stop a worker it has just started: the signal arrives while the worker
+    still opens its storage or registers. It must drain (and return), not die."""
+    async with TaskForge(db_url(tmp_path)) as app:
+        await app.storage()
+        # Another connection holds the write lock, so registering waits for it.
+        blocker = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        worker = make_worker(app)
+        try:
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    results: list[WorkerStats] = []
+
+                    async def run() -> None:
+                        results.append(await worker.run(handle_signals=True))
+
+                    tg.start_soon(run)
+                    await anyio.sleep(0.3)  # the worker waits to register
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    await wait_until(lambda: worker.draining)
+                    blocker.execute("COMMIT")
+        finally:
+            blocker.close()
+        assert results[0].claimed == 0
