@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import attrs
@@ -42,8 +42,9 @@ class RedisSettings:
         """``prefix:part1:part2...``"""
         return ":".join((self.prefix, *parts))
 
-    def client(self) -> redis.asyncio.Redis:
-        """A new client (a connection pool) for the running event loop.
+    def client(self, **options: Any) -> redis.asyncio.Redis:
+        """A new client (a connection pool) for the running event loop; ``options`` go to
+        ``redis.asyncio.Redis.from_url`` (timeouts, retries) after the URL.
 
         redis-py's asyncio client runs on asyncio only; under trio this raises
         :class:`ConfigurationError` rather than falling back silently to per-process limits.
@@ -61,4 +62,4 @@ class RedisSettings:
                 "the Redis plugins run on asyncio only (redis.asyncio); run the worker under "
                 "asyncio or leave TASKFORGE_REDIS_URL unset to use the in-process fallbacks"
             ) from exc
-        return redis.asyncio.Redis.from_url(self.url, decode_responses=False)
+        return redis.asyncio.Redis.from_url(self.url, decode_responses=False, **options)

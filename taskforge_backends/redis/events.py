@@ -171,9 +171,7 @@ class RedisEventBus:
     def _new_client(self) -> redis.asyncio.Redis:
         # Our own back-off decides when to try again: redis-py's retries would only make a
         # down Redis slower to notice.
-        return redis.asyncio.Redis.from_url(
-            self.settings.url,
-            decode_responses=False,
+        return self.settings.client(
             socket_connect_timeout=CONNECT_TIMEOUT,
             socket_keepalive=True,
             retry=Retry(NoBackoff(), 0),

@@ -29,14 +29,12 @@ the recovery as info, not one line per job.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import hashlib
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
-from taskforge_core.errors import ConfigurationError, MissingExtraError
 from taskforge_core.ratelimit import Admission, KeyedLimit, RateLimit, interval_us
 
 if TYPE_CHECKING:
@@ -111,25 +109,9 @@ class RedisRateLimiter:
         return hashlib.sha1(self.script.encode(), usedforsecurity=False).hexdigest()
 
     def _connect(self) -> redis.asyncio.Redis:
-        if self._client is None:
-            try:
-                import redis.asyncio
-            except ImportError as exc:  # pragma: no cover - depends on the install
-                raise MissingExtraError(
-                    "the Redis rate limiter needs the redis package: pip install 'taskforge[redis]'"
-                ) from exc
-            try:
-                asyncio.get_running_loop()
-            except RuntimeError as exc:
-                raise ConfigurationError(
-                    "the Redis rate limiter runs on asyncio only (redis.asyncio); run the worker "
-                    "under asyncio or leave TASKFORGE_REDIS_URL unset for the in-process limiter"
-                ) from exc
-            self._client = redis.asyncio.Redis.from_url(
-                self.settings.url,
-                decode_responses=False,
-                socket_timeout=self.timeout,
-                socket_connect_timeout=self.timeout,
+        if self._client is None:  # ConfigurationError under trio
+            self._client = self.settings.client(
+                socket_timeout=self.timeout, socket_connect_timeout=self.timeout
             )
         return self._client
 
