@@ -46,7 +46,7 @@ from taskforge_core.models import (
 from taskforge_core.plugins import create_plugin_manager
 from taskforge_core.protocols import Capability
 from taskforge_core.ratelimit import RateLimit, RateLimits
-from taskforge_core.retention import Prunable, PruneReport, RetentionPolicy
+from taskforge_core.retention import PruneReport, RetentionPolicy, as_prunable
 from taskforge_core.retry import Retry
 from taskforge_core.scheduler import PeriodicEntry
 from taskforge_core.states import JobStatus
@@ -308,8 +308,8 @@ class TaskForge:
 
         Raises :class:`ConfigurationError` when the backend cannot prune.
         """
-        storage = await self.storage()
-        if Capability.PRUNE not in storage.capabilities or not isinstance(storage, Prunable):
+        storage = as_prunable(await self.storage())
+        if storage is None:
             raise ConfigurationError(f"the storage behind {self.url} cannot prune old jobs")
         return await storage.prune(policy)
 

@@ -18,12 +18,21 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import attrs
 
 from taskforge_core.errors import ConfigurationError
+from taskforge_core.protocols import Capability
 from taskforge_core.states import JobStatus
 
 if TYPE_CHECKING:
     from taskforge_core.clock import Clock
+    from taskforge_core.protocols import Storage
 
-__all__ = ["Prunable", "PruneReport", "RetentionPolicy", "describe", "prune_periodically"]
+__all__ = [
+    "Prunable",
+    "PruneReport",
+    "RetentionPolicy",
+    "as_prunable",
+    "describe",
+    "prune_periodically",
+]
 
 logger = logging.getLogger("taskforge.retention")
 
@@ -109,6 +118,13 @@ class Prunable(Protocol):
         several processes at once and while workers run.
         """
         ...
+
+
+def as_prunable(storage: Storage) -> Prunable | None:
+    """``storage`` when it declares ``Capability.PRUNE`` and has ``prune()``, else None."""
+    if Capability.PRUNE in storage.capabilities and isinstance(storage, Prunable):
+        return storage
+    return None
 
 
 async def prune_periodically(

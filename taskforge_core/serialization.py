@@ -15,11 +15,21 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import cattrs
 
 from taskforge_core.errors import PayloadTooLargeError, SerializationError
+from taskforge_core.models import ErrorInfo
 
 if TYPE_CHECKING:
     from taskforge_core.models import NewJob
 
-__all__ = ["converter", "decode", "encode", "encode_payload", "job_payload", "structure"]
+__all__ = [
+    "converter",
+    "decode",
+    "decode_error",
+    "encode",
+    "encode_error",
+    "encode_payload",
+    "job_payload",
+    "structure",
+]
 
 T = TypeVar("T")
 
@@ -74,6 +84,23 @@ def encode_payload(
                 "(raise max_payload_bytes, or pass a reference such as a path or id instead)"
             )
     return args_json, kwargs_json
+
+
+def encode_error(error: ErrorInfo | None) -> str | None:
+    """A job's or an execution's error as stored: JSON with its type, message and traceback."""
+    if error is None:
+        return None
+    return encode(
+        {"type": error.type, "message": error.message, "traceback": error.traceback}, what="error"
+    )
+
+
+def decode_error(text: str | None) -> ErrorInfo | None:
+    """The error that :func:`encode_error` stored (None stays None)."""
+    if text is None:
+        return None
+    data = decode(text)
+    return ErrorInfo(type=data["type"], message=data["message"], traceback=data["traceback"])
 
 
 def job_payload(job: NewJob) -> tuple[str, str]:

@@ -59,7 +59,7 @@ import traceback
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeGuard, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import anyio.lowlevel
@@ -102,9 +102,8 @@ from taskforge_core.models import (
     WorkerInfo,
     WorkerStatus,
 )
-from taskforge_core.protocols import Capability
 from taskforge_core.ratelimit import acquire_all
-from taskforge_core.retention import Prunable, RetentionPolicy, prune_periodically
+from taskforge_core.retention import RetentionPolicy, as_prunable, prune_periodically
 from taskforge_core.serialization import encode
 from taskforge_core.states import ExecutionStatus, JobStatus
 
@@ -460,10 +459,11 @@ class Worker:
                     tg.start_soon(self._announce, self._events, name="taskforge announcer")
                 if self.run_scheduler:
                     self._start_scheduler(tg)
-                if self.prune_every is not None and self._can_prune(storage):
+                prunable = as_prunable(storage)
+                if self.prune_every is not None and prunable is not None:
                     tg.start_soon(
                         prune_periodically,
-                        storage,
+                        prunable,
                         self.retention,
                         self.prune_every,
                         self.app.clock,
@@ -1190,10 +1190,6 @@ class Worker:
         await self._close_events()
 
     # -- helpers ---------------------------------------------------------------------------
-
-    @staticmethod
-    def _can_prune(storage: Storage) -> TypeGuard[Prunable]:
-        return Capability.PRUNE in storage.capabilities and isinstance(storage, Prunable)
 
     def _require_storage(self) -> Storage:
         assert self._storage is not None, "the worker is not running"

@@ -82,7 +82,6 @@ from taskforge_core.models import (
     ClaimedJob,
     ClaimRequest,
     Completion,
-    ErrorInfo,
     Execution,
     ExecutionLog,
     Failure,
@@ -100,7 +99,13 @@ from taskforge_core.models import (
 )
 from taskforge_core.protocols import Capability
 from taskforge_core.retention import PruneReport, RetentionPolicy
-from taskforge_core.serialization import decode, encode, job_payload
+from taskforge_core.serialization import (
+    decode,
+    decode_error,
+    encode,
+    encode_error,
+    job_payload,
+)
 from taskforge_core.states import ExecutionStatus, JobStatus, check_transition
 
 __all__ = ["PostgresStorage", "create"]
@@ -156,21 +161,6 @@ def _aware(value: object, what: str) -> dt.datetime:
     return value
 
 
-def _encode_error(error: ErrorInfo | None) -> str | None:
-    if error is None:
-        return None
-    return encode(
-        {"type": error.type, "message": error.message, "traceback": error.traceback}, what="error"
-    )
-
-
-def _decode_error(text: str | None) -> ErrorInfo | None:
-    if text is None:
-        return None
-    data = decode(text)
-    return ErrorInfo(type=data["type"], message=data["message"], traceback=data["traceback"])
-
-
 def _encode_fields(fields: Mapping[str, Any]) -> str:
     """Log fields are written by task code; a value JSON cannot hold is stored as its repr
     rather than failing the worker's whole log batch."""
@@ -222,7 +212,7 @@ def _job(row: Mapping[str, Any]) -> Job:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         result=_json(row["result"]),
-        error=_decode_error(row["error"]),
+        error=decode_error(row["error"]),
     )
 
 
@@ -1037,7 +1027,7 @@ class PostgresStorage:
             [r.job_id for r in retries],
             [r.execution_id for r in retries],
             shifts,
-            [_encode_error(r.error) for r in retries],
+            [encode_error(r.error) for r in retries],
             [bool(r.consume_attempt) for r in retries],
         )
         return _ack(rows)
@@ -1051,7 +1041,7 @@ class PostgresStorage:
             self._now(),
             [f.job_id for f in failures],
             [f.execution_id for f in failures],
-            [_encode_error(f.error) for f in failures],
+            [encode_error(f.error) for f in failures],
         )
         return _ack(rows)
 
@@ -1320,7 +1310,7 @@ class PostgresStorage:
                 status=ExecutionStatus(row["status"]),
                 started_at=row["started_at"],
                 finished_at=row["finished_at"],
-                error=_decode_error(row["error"]),
+                error=decode_error(row["error"]),
             )
             for row in rows
         ]

@@ -79,7 +79,13 @@ from taskforge_core.models import (
 )
 from taskforge_core.protocols import Capability
 from taskforge_core.retention import PruneReport, RetentionPolicy
-from taskforge_core.serialization import decode, encode, job_payload
+from taskforge_core.serialization import (
+    decode,
+    decode_error,
+    encode,
+    encode_error,
+    job_payload,
+)
 from taskforge_core.states import ExecutionStatus, JobStatus, check_transition
 
 __all__ = ["SQLiteStorage", "create"]
@@ -146,21 +152,6 @@ def _opt_uuid(value: str | None) -> uuid.UUID | None:
 
 def _json_list(values: Iterable[str]) -> str:
     return json.dumps(list(values))
-
-
-def _encode_error(error: ErrorInfo | None) -> str | None:
-    if error is None:
-        return None
-    return encode(
-        {"type": error.type, "message": error.message, "traceback": error.traceback}, what="error"
-    )
-
-
-def _decode_error(text: str | None) -> ErrorInfo | None:
-    if text is None:
-        return None
-    data = decode(text)
-    return ErrorInfo(type=data["type"], message=data["message"], traceback=data["traceback"])
 
 
 def _encode_fields(fields: Mapping[str, Any]) -> str:
@@ -275,7 +266,7 @@ class _Reader:
             started_at=self.opt_time(row[19]),
             finished_at=self.opt_time(row[20]),
             result=_json(row[21]),
-            error=_decode_error(row[22]),
+            error=decode_error(row[22]),
         )
 
     def claimed(
@@ -320,7 +311,7 @@ class _Reader:
             started_at=started,
             finished_at=self.opt_time(row[14]),
             result=_json(row[15]),
-            error=_decode_error(row[16]),
+            error=decode_error(row[16]),
         )
         return ClaimedJob(job=job, execution_id=execution_id, lease_expires_at=lease_end)
 
@@ -1306,7 +1297,7 @@ class SQLiteStorage:
             return AckResult()
         now = self._now()
         ids = _report_ids(retries)
-        errors = [_encode_error(r.error) for r in retries]
+        errors = [encode_error(r.error) for r in retries]
         values = [
             (_micros(r.run_at, "RetryRequest.run_at"), error, 0 if r.consume_attempt else 1)
             for r, error in zip(retries, errors, strict=True)
@@ -1319,7 +1310,7 @@ class SQLiteStorage:
             conn.executemany(
                 "UPDATE job_executions SET status = ?, finished_at = ?, error = ? WHERE id = ?",
                 [
-                    (outcome[r.consume_attempt], now, _encode_error(r.error), str(r.execution_id))
+                    (outcome[r.consume_attempt], now, encode_error(r.error), str(r.execution_id))
                     for r in accepted
                 ],
             )
@@ -1344,7 +1335,7 @@ class SQLiteStorage:
             return AckResult()
         now = self._now()
         ids = _report_ids(failures)
-        errors = [(_encode_error(f.error),) for f in failures]
+        errors = [(encode_error(f.error),) for f in failures]
         check_transition(_R, _F)
 
         def run(conn: sqlite3.Connection) -> AckResult:
@@ -1352,7 +1343,7 @@ class SQLiteStorage:
             conn.executemany(
                 "UPDATE job_executions SET status = 'failed', finished_at = ?, error = ? "
                 "WHERE id = ?",
-                [(now, _encode_error(f.error), str(f.execution_id)) for f in accepted],
+                [(now, encode_error(f.error), str(f.execution_id)) for f in accepted],
             )
             _cancel_descendants(conn, [str(f.job_id) for f in accepted], now)
             return AckResult(accepted=tuple(f.job_id for f in accepted), rejected=rejected)
@@ -1411,7 +1402,7 @@ class SQLiteStorage:
             for job_id, attempt, max_attempts, execution_id, worker_id in rows:
                 target = _P if attempt < max_attempts else _F
                 check_transition(_R, target)
-                error = _encode_error(
+                error = encode_error(
                     ErrorInfo(
                         type="LeaseExpired",
                         message=(
@@ -1799,7 +1790,7 @@ class SQLiteStorage:
                     status=ExecutionStatus(row[3]),
                     started_at=_time(row[4]),
                     finished_at=_opt_time(row[5]),
-                    error=_decode_error(row[6]),
+                    error=decode_error(row[6]),
                 )
                 for row in conn.execute(
                     "SELECT id, attempt, worker_id, status, started_at, finished_at, error "
