@@ -33,6 +33,7 @@ import functools
 import json
 import math
 import sqlite3
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -110,6 +111,39 @@ MIN_SQLITE_VERSION = (3, 35, 0)
 
 # SQLite primary result codes that mean "try again later" rather than "this is broken".
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CANTOPEN = 5, 6, 14
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` means another connection holds the file (worth retrying later)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    lowered = str(exc).lower()
+    return "locked" in lowered or "busy" in lowered
+
+
+def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Switch the file to WAL mode, retrying while other connections hold it.
+
+    Switching needs the file to itself for a moment, and SQLite answers "database is locked"
+    at once, without the busy handler, when another process is opening the same new file at
+    the same time: several workers started together would otherwise fail to open.
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while True:
+        try:
+            (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+            if mode != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
 #: With an inotify watch on the WAL, the data version is still read this often (seconds).
 WATCHED_POLL = 1.0
 #: After a write to the WAL, the data version is read at once, then after these pauses: the
@@ -819,13 +853,12 @@ class SQLiteStorage:
 
     def _error(self, exc: sqlite3.Error) -> StorageError:
         code = getattr(exc, "sqlite_errorcode", None)
-        primary = code & 0xFF if isinstance(code, int) else None
         text = str(exc)
-        lowered = text.lower()
         where = f"SQLite database {self._settings.path}"
-        if primary in (_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CANTOPEN) or (
-            isinstance(exc, sqlite3.OperationalError)
-            and ("locked" in lowered or "busy" in lowered or "unable to open" in lowered)
+        if _is_busy(exc) or (
+            code & 0xFF == _SQLITE_CANTOPEN
+            if isinstance(code, int)
+            else "unable to open" in text.lower()
         ):
             return StorageUnavailableError(f"{where} is unavailable: {text}")
         return StorageError(f"{where} failed: {text}")
@@ -884,7 +917,7 @@ class SQLiteStorage:
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(settings.busy_timeout * 1000)}")
             if not settings.in_memory:
-                conn.execute("PRAGMA journal_mode = WAL")
+                _enable_wal(conn, settings.busy_timeout)
             conn.execute(f"PRAGMA synchronous = {settings.synchronous.upper()}")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA temp_store = MEMORY")
