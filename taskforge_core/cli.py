@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
+import importlib.util
 import json
 import logging
 import math
@@ -137,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="app_path",
         metavar="MODULE:ATTR",
         help="the application to use for commands that do not take APP (default: $TASKFORGE_APP)",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default=os.environ.get("TASKFORGE_LOOP", "auto"),
+        help="the event loop: uvloop (faster database round trips; pip install "
+        "'taskforge[uvloop]'), asyncio, or auto: uvloop when installed (default: "
+        "$TASKFORGE_LOOP or auto)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -566,12 +575,33 @@ def _fail(parser: argparse.ArgumentParser, message: str, code: int) -> NoReturn:
     raise SystemExit(code)
 
 
+#: Values of ``--loop``.
+LOOPS = ("auto", "asyncio", "uvloop")
+
+
+def _uvloop_installed() -> bool:
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def loop_options(loop: str) -> dict[str, Any]:
+    """``anyio.run`` backend options for a ``--loop`` value."""
+    if loop not in LOOPS:
+        raise UsageError(
+            f"--loop (or $TASKFORGE_LOOP) must be one of {', '.join(LOOPS)}, not {loop!r}"
+        )
+    if loop == "uvloop" and not _uvloop_installed():
+        raise UsageError("--loop uvloop: uvloop is not installed (pip install 'taskforge[uvloop]')")
+    use_uvloop = loop == "uvloop" or (loop == "auto" and _uvloop_installed())
+    return {"use_uvloop": use_uvloop}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (also used as the console script)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return anyio.run(COMMANDS[args.command], args)
+        options = loop_options(args.loop)
+        return anyio.run(COMMANDS[args.command], args, backend_options=options)
     except (UsageError, ConfigurationError, InvalidJobError) as exc:
         _fail(parser, str(exc), EXIT_USAGE)
     except TaskForgeError as exc:

@@ -9,6 +9,7 @@ every other setting at its default (SQLite ``synchronous=normal``, PostgreSQL
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any
@@ -18,6 +19,11 @@ from _common import URL, WARMUP, emit, pace, parser, quiet_logging, record, wait
 from _common import write_sent as _write_sent
 
 from taskforge_core import TaskForge, Worker
+from taskforge_core.cli import loop_options
+
+#: The event loop, chosen as ``taskforge worker`` chooses it: uvloop when installed (the
+#: project's venv has it, through ``taskforge[all]``).
+LOOP = loop_options(os.environ.get("TASKFORGE_LOOP", "auto"))
 
 QUEUE = "bench"
 #: Jobs one worker runs at once; its claims take as many.
@@ -48,7 +54,9 @@ def config() -> dict[str, Any]:
         if URL.startswith("postgres")
         else "WAL, synchronous=normal",
         "enqueue": "task.enqueue(n); bulk: task.enqueue_many([...])",
-        "event loop": "asyncio (anyio)",
+        "event loop": "uvloop (anyio), as `taskforge worker` runs when uvloop is installed"
+        if LOOP["use_uvloop"]
+        else "asyncio (anyio)",
     }
 
 
@@ -110,5 +118,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    anyio.run(main, backend_options=LOOP)
     sys.exit(0)

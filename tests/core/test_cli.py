@@ -29,6 +29,12 @@ def app_path(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> str:
             async def add(a: int, b: int = 0) -> int:
                 return a + b
 
+            @app.task(name="loop")
+            async def loop() -> str:
+                import asyncio
+
+                return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
             @app.task(name="boom", retry=Retry(max_attempts=1))
             async def boom() -> None:
                 raise RuntimeError("always")
@@ -62,6 +68,26 @@ def test_enqueue_then_burst_worker_then_show(
     assert "result     5" in out
     code, out, _ = run(capsys, "jobs", "show", job_id, "--json")
     assert json.loads(out)["job"]["result"] == 5
+
+
+@pytest.mark.parametrize(("loop", "expected"), [("uvloop", "uvloop"), ("asyncio", "asyncio")])
+def test_the_worker_runs_on_the_event_loop_asked_for(
+    app_path: str, capsys: pytest.CaptureFixture[str], loop: str, expected: str
+) -> None:
+    job_id = run(capsys, "enqueue", app_path, "loop")[1].strip()
+    assert run(capsys, "--loop", loop, "worker", app_path, "--burst")[0] == 0
+    code, out, _ = run(capsys, "jobs", "show", job_id, "--json")
+    assert (code, json.loads(out)["job"]["result"]) == (0, expected)
+
+
+def test_an_unknown_event_loop_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TASKFORGE_LOOP", "tokio")
+    code, _, err = run(capsys, "queues")
+    assert code == 2
+    assert "$TASKFORGE_LOOP" in err
+    assert "'tokio'" in err
 
 
 def test_jobs_list_filters_by_status_and_pages(
