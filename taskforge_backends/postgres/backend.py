@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import logging
 import math
@@ -63,6 +64,7 @@ import attrs
 
 from taskforge_backends.postgres import _sql
 from taskforge_backends.postgres._migrations import apply_migrations
+from taskforge_backends.postgres._pool import ConnectionPool
 from taskforge_backends.postgres._url import PostgresSettings, parse_url
 from taskforge_backends.postgres._wakeup import Listener, Waiter
 from taskforge_core.backends import BackendConfig
@@ -138,11 +140,11 @@ _UNAVAILABLE_CLASSES = ("08", "53", "57", "40")
 _Q = _sql.queries()
 
 
-async def _keep_session(conn: Connection) -> None:
-    """The pool's reset: nothing beyond the rollback of a dangling transaction that asyncpg
-    always does. Its default reset (unlock advisory locks, close cursors, UNLISTEN, RESET ALL)
-    is one more round trip on every release, and pooled connections never take session state:
-    LISTEN and the migrations' advisory lock use connections of their own."""
+async def _in_transaction(
+    fn: Callable[[Connection], Awaitable[T]], isolation: str, conn: Connection
+) -> T:
+    async with conn.transaction(isolation=isolation):
+        return await fn(conn)
 
 
 def create(url: str, config: BackendConfig) -> PostgresStorage:
@@ -344,6 +346,14 @@ def _plan(batch: list[_Prepared], known: Mapping[tuple[str, str], uuid.UUID]) ->
     """Resolve keys (``known``: keys already stored) and dependencies, exactly as the SQLite
     backend does; raises :class:`DependencyError` for a job depending on itself, on a member
     of another project, or for a cycle."""
+    if not any(p.key is not None or p.depends_on for p in batch):  # the common batch
+        ids = [p.id for p in batch]
+        return _Plan(
+            new=list(batch),
+            alias=dict(zip(ids, ids, strict=True)),
+            parents_of={job_id: [] for job_id in ids},
+            by_id=dict(zip(ids, batch, strict=True)),
+        )
     alias: dict[uuid.UUID, uuid.UUID] = {}
     first: dict[tuple[str, str], uuid.UUID] = {}
     new: list[_Prepared] = []
@@ -535,11 +545,9 @@ class PostgresStorage:
             try:
                 if connection is not None:
                     return await self._in_savepoint(connection, fn)
-                async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-                    if isolation is None:
-                        return await fn(conn)
-                    async with conn.transaction(isolation=isolation):
-                        return await fn(conn)
+                if isolation is None:
+                    return cast("T", await pool.run(fn))
+                return cast("T", await pool.run(functools.partial(_in_transaction, fn, isolation)))
             except (asyncpg.SerializationError, asyncpg.DeadlockDetectedError, _Conflict) as exc:
                 if attempt == RETRIES:
                     if isinstance(exc, _Conflict):
@@ -595,15 +603,20 @@ class PostgresStorage:
             settings["synchronous_commit"] = self._settings.synchronous_commit
         return settings
 
-    async def _connect(self) -> Any:
+    async def _connect(self, statement_cache_size: int = 0) -> Any:
         """A connection outside the pool (for LISTEN, and for migrations)."""
         return await asyncpg.connect(
             self._settings.dsn,
             timeout=self._settings.connect_timeout,
             command_timeout=self._settings.command_timeout,
-            statement_cache_size=0,
+            statement_cache_size=statement_cache_size,
             server_settings=self._server_settings(),
         )
+
+    async def _connect_pooled(self) -> Any:
+        """A connection of the pool. It never takes session state (no LISTEN, no session
+        advisory lock: those use connections of their own), so it is reused without a reset."""
+        return await self._connect(self._settings.statement_cache_size)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -621,16 +634,13 @@ class PostgresStorage:
             ) from None
         settings = self._settings
         try:
-            pool = await asyncpg.create_pool(
-                settings.dsn,
+            pool = ConnectionPool(
+                self._connect_pooled,
                 min_size=settings.min_size,
                 max_size=settings.max_size,
-                timeout=settings.connect_timeout,
-                command_timeout=settings.command_timeout,
-                statement_cache_size=settings.statement_cache_size,
-                server_settings=self._server_settings(),
-                reset=_keep_session,
+                acquire_timeout=ACQUIRE_TIMEOUT,
             )
+            await pool.open()
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise self._error(exc) from exc
         self._pool = pool
@@ -668,7 +678,7 @@ class PostgresStorage:
         now = self._now()
         self._require_pool()
         # A connection of its own: the migration lock is a session-level advisory lock, and
-        # pooled connections must carry no session state (see _keep_session).
+        # pooled connections must carry no session state (see _connect_pooled).
         try:
             conn = await self._connect()
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
@@ -790,30 +800,47 @@ class PostgresStorage:
         new = plan.new
         ids = [self._queue_ids[self._queue_key(p)] for p in new]
         try:
-            rows = await conn.fetch(
-                _Q["enqueue_simple"],
-                now,
-                [p.id for p in new],
-                [i[0] for i in ids],
-                [i[1] for i in ids],
-                [p.request.task for p in new],
-                [p.args for p in new],
-                [p.kwargs for p in new],
-                [p.request.priority for p in new],
-                [p.request.max_attempts for p in new],
-                [p.timeout for p in new],
-                [p.shift for p in new],
-                [p.request.key for p in new],
-                [p.headers for p in new],
-            )
+            if len(new) == 1:  # scalars: encoding thirteen one-element arrays costs more
+                (p,) = new
+                ((project_id, queue_id),) = ids
+                job = p.request
+                rows = await conn.fetch(
+                    _Q["enqueue_one"],
+                    now,
+                    p.id,
+                    project_id,
+                    queue_id,
+                    job.task,
+                    p.args,
+                    p.kwargs,
+                    job.priority,
+                    job.max_attempts,
+                    p.timeout,
+                    p.shift,
+                    job.key,
+                    p.headers,
+                )
+            else:
+                rows = await conn.fetch(
+                    _Q["enqueue_simple"],
+                    now,
+                    [p.id for p in new],
+                    [i[0] for i in ids],
+                    [i[1] for i in ids],
+                    [p.request.task for p in new],
+                    [p.args for p in new],
+                    [p.kwargs for p in new],
+                    [p.request.priority for p in new],
+                    [p.request.max_attempts for p in new],
+                    [p.timeout for p in new],
+                    [p.shift for p in new],
+                    [p.request.key for p in new],
+                    [p.headers for p in new],
+                )
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name == "jobs_pkey":
                 raise _duplicate_id() from exc
             raise
-        except asyncpg.ForeignKeyViolationError:
-            # A cached queue is gone (the database was emptied under us): forget the cache.
-            self._queue_ids.clear()
-            raise _Conflict("a cached queue no longer exists") from None
         made = {row["id"]: row for row in rows}
         jobs: dict[uuid.UUID, Job] = {}
         runnable: set[str] = set()
@@ -832,7 +859,10 @@ class PostgresStorage:
             for p in taken:
                 holder = holders.get(p.key) if p.key is not None else None
                 if holder is None:
-                    raise _Conflict("the job holding an idempotency key vanished")
+                    # Not a key taken but a cached queue gone (the database was emptied under
+                    # us), or the key's holder vanished: forget the cache and start again.
+                    self._queue_ids.clear()
+                    raise _Conflict("a cached queue or a key's holder no longer exists")
                 jobs[p.id] = holder
         return [jobs[plan.alias[p.id]] for p in batch], runnable
 

@@ -72,6 +72,9 @@ from taskforge_core.states import JobStatus
 # Helpers
 # ---------------------------------------------------------------------------------------------
 
+#: Every migration shipped, in order.
+MIGRATIONS = ["0001_initial", "0002_jobs_without_tenancy_foreign_keys"]
+
 
 @pytest.fixture
 def anyio_backend() -> str:
@@ -114,6 +117,25 @@ async def test_a_priority_beyond_64_bits_is_an_invalid_job(storage: PostgresStor
     with pytest.raises(InvalidJobError):
         await storage.enqueue([new(), new(priority=2**70)])
     assert await all_jobs(storage) == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("batch", [1, 3])
+async def test_an_enqueue_after_the_database_was_emptied_stores_its_jobs_in_new_queues(
+    storage: PostgresStorage, url: str, batch: int
+) -> None:
+    """The fast path uses cached queue ids; with their rows gone it must notice (jobs carry
+    no foreign key to their queue) and store the jobs in queues that exist again."""
+    await storage.enqueue([new(queue="mail") for _ in range(batch)])
+    await execute(url, RESET)
+    stored = await storage.enqueue([new(queue="mail") for _ in range(batch)])
+    assert [job.id for job in await all_jobs(storage)] == sorted(
+        (job.id for job in stored), reverse=True
+    )
+    claimed = await storage.claim(claim_request("mail"))
+    assert {c.job.id for c in claimed} == {job.id for job in stored}
+    queues = await storage.queue_stats("default")
+    assert [(q.queue, q.counts.get(JobStatus.PROCESSING)) for q in queues] == [("mail", batch)]
 
 
 @pytest.mark.anyio
@@ -250,13 +272,14 @@ async def test_url_settings_reach_every_session(url: str) -> None:
     tuned = f"{url}?min_size=2&max_size=3&synchronous_commit=off&application_name=tf-test"
     async with PostgresStorage(tuned) as storage:
         pool = storage._pool
-        assert (pool.get_min_size(), pool.get_max_size()) == (2, 3)
-        async with pool.acquire() as conn:
-            row = await conn.fetchrow(
+        assert (pool.min_size, pool.max_size, pool.idle) == (2, 3, 2)
+        row = await pool.run(
+            lambda conn: conn.fetchrow(
                 "SELECT current_setting('synchronous_commit') AS sc, "
                 "current_setting('TimeZone') AS tz, current_setting('application_name') AS app, "
                 "current_setting('jit') AS jit"
             )
+        )
         assert dict(row) == {"sc": "off", "tz": "UTC", "app": "tf-test", "jit": "off"}
 
 
@@ -308,7 +331,7 @@ async def test_migrations_are_recorded_and_applied_once(url: str) -> None:
         default = await conn.fetch("SELECT slug FROM taskforge.projects")
     finally:
         await conn.close()
-    assert names == [name for name, _ in available_migrations()] == ["0001_initial"]
+    assert names == [name for name, _ in available_migrations()] == MIGRATIONS
     assert {
         "organizations",
         "users",
@@ -356,7 +379,7 @@ async def test_processes_migrating_at_once_apply_each_migration_once(
     finally:
         for storage in storages:
             await storage.close()
-    assert sorted(results) == [[], [], [], ["0001_initial"]]
+    assert sorted(results) == [[], [], [], MIGRATIONS]
 
 
 def _dump(url: str) -> str:

@@ -3,8 +3,10 @@ in a forked child (random bytes are read from ``os.urandom`` in chunks)."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
+import pickle
 import time
 import uuid
 import warnings
@@ -25,6 +27,16 @@ def test_layout_is_uuid_version_7_with_the_current_millisecond() -> None:
     assert made.variant == uuid.RFC_4122
     # The counter may borrow a millisecond or two when ids are made very fast.
     assert before <= made.int >> 80 <= after + 2
+
+
+def test_an_id_behaves_exactly_like_one_built_by_uuid_uuid() -> None:
+    made = uuid7()
+    same = uuid.UUID(int=made.int)
+    assert (made, hash(made), str(made), made.bytes) == (same, hash(same), str(same), same.bytes)
+    assert made.is_safe is same.is_safe
+    assert pickle.loads(pickle.dumps(made)) == made
+    assert copy.deepcopy(made) == made
+    assert uuid.UUID(str(made)) == made
 
 
 def test_ids_strictly_increase_across_many_random_chunks() -> None:

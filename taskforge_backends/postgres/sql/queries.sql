@@ -225,8 +225,8 @@ FROM existing e;
 -- name: enqueue_simple
 -- The fast path of enqueue, for the common batch: no dependencies, and every queue already
 -- known to exist ($4: their ids; queues are never deleted, so the backend caches them). Jobs
--- whose idempotency key is taken are left out of the result (the backend then reads the jobs
--- holding those keys). $2..$12: ids, project ids, queue ids, tasks, args, kwargs, priorities,
+-- whose idempotency key is taken, or whose cached queue is gone, are left out of the result
+-- (the backend then reads the jobs holding those keys). $2..$12: ids, project ids, queue ids, tasks, args, kwargs, priorities,
 -- max_attempts, timeouts, due offsets, keys; $13: headers.
 WITH clock AS (SELECT COALESCE($1::timestamptz, now()) AS now),
 made AS (
@@ -245,6 +245,9 @@ made AS (
                 $13::text[])
          WITH ORDINALITY AS m(id, project_id, queue_id, task, args, kwargs, priority,
                               max_attempts, timeout, shift, key, headers, ord)
+    -- A cached id whose queue is gone (the database was emptied) inserts nothing: the job is
+    -- missing from the result and the backend forgets its cache.
+    JOIN taskforge.job_queues q ON q.id = m.queue_id AND q.project_id = m.project_id
     CROSS JOIN clock c
     ORDER BY m.ord
     ON CONFLICT (project_id, key) WHERE key IS NOT NULL DO NOTHING
@@ -254,6 +257,36 @@ notice AS (
     SELECT pg_notify('taskforge_jobs',
                      CASE WHEN octet_length(q.name) <= 1000 THEN q.name ELSE '*' END)
     FROM (SELECT DISTINCT queue_id FROM made) r
+    JOIN taskforge.job_queues q ON q.id = r.queue_id
+)
+SELECT id, status::text AS status, scheduled_for, created_at
+FROM made
+WHERE (SELECT count(*) FROM notice) >= 0;
+
+-- name: enqueue_one
+-- enqueue_simple for a batch of one job, with the same parameters as scalars (encoding
+-- thirteen one-element arrays costs the client more than the rest of a single enqueue).
+WITH clock AS (SELECT COALESCE($1::timestamptz, now()) AS now),
+made AS (
+    INSERT INTO taskforge.jobs (
+        id, project_id, queue_id, task, status, args, kwargs, priority, attempt, max_attempts,
+        timeout, scheduled_for, created_at, updated_at, key, headers
+    )
+    SELECT $2::uuid, $3::uuid, $4::integer, $5::text,
+           CASE WHEN $11::interval > interval '0' THEN 'scheduled' ELSE 'pending'
+           END::taskforge.job_status,
+           $6::json, $7::json, $8::bigint, 0, $9::bigint, $10::float8,
+           CASE WHEN $11::interval IS NULL THEN c.now ELSE taskforge.later(c.now, $11) END,
+           c.now, c.now, $12::text, $13::jsonb
+    FROM clock c
+    JOIN taskforge.job_queues q ON q.id = $4::integer AND q.project_id = $3::uuid
+    ON CONFLICT (project_id, key) WHERE key IS NOT NULL DO NOTHING
+    RETURNING id, status, scheduled_for, created_at, queue_id
+),
+notice AS (
+    SELECT pg_notify('taskforge_jobs',
+                     CASE WHEN octet_length(q.name) <= 1000 THEN q.name ELSE '*' END)
+    FROM made r
     JOIN taskforge.job_queues q ON q.id = r.queue_id
 )
 SELECT id, status::text AS status, scheduled_for, created_at
