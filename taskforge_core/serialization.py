@@ -28,6 +28,7 @@ __all__ = [
     "encode_error",
     "encode_payload",
     "job_payload",
+    "read_back",
     "structure",
 ]
 
@@ -112,6 +113,29 @@ def job_payload(job: NewJob) -> tuple[str, str]:
     args_json = encode(list(job.args), what=what) if job.args else "[]"
     kwargs_json = encode(dict(job.kwargs), what=what) if job.kwargs else "{}"
     return args_json, kwargs_json
+
+
+#: Types whose values JSON gives back unchanged (a tuple comes back as a list).
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+def read_back(
+    job: NewJob, args_json: str, kwargs_json: str
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``job``'s arguments as a read of the stored JSON will give them back, so that what an
+    enqueue returns equals what a read returns. Decodes only when some value would change:
+    usually every argument is a plain scalar, and copying is enough."""
+    args = tuple(job.args)
+    for value in args:
+        if type(value) not in _PLAIN:
+            args = tuple(decode(args_json))
+            break
+    kwargs = dict(job.kwargs)
+    for name, value in kwargs.items():
+        if type(name) is not str or type(value) not in _PLAIN:
+            kwargs = decode(kwargs_json)
+            break
+    return args, kwargs
 
 
 def structure(data: Any, cls: type[T]) -> T:

@@ -172,7 +172,11 @@ class Task(Generic[P, R]):
             args=tuple(args),
             kwargs=dict(kwargs),
             priority=priority,
-            scheduled_for=opts.scheduled_for(self.app.clock.now()),
+            scheduled_for=(
+                None
+                if opts.delay is None and opts.at is None
+                else opts.scheduled_for(self.app.clock.now())
+            ),
             max_attempts=max_attempts,
             timeout=timeout,
             depends_on=tuple(_job_id(ref) for ref in opts.depends_on) if opts.depends_on else (),

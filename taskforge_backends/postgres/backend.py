@@ -1,9 +1,10 @@
 """The PostgreSQL storage backend: :class:`PostgresStorage` and its factory :func:`create`.
 
 How it runs
-    An asyncpg connection pool (sizes from the URL) and one more connection that LISTENs for
-    wake-ups. Every storage verb is one SQL statement from ``sql/queries.sql`` over a whole
-    batch: one round trip to enqueue a thousand jobs, to claim a batch, to report a batch.
+    A pool of asyncpg connections (``_pool``; sizes from the URL) and one more connection
+    that LISTENs for wake-ups. Every storage verb is one SQL statement from
+    ``sql/queries.sql`` over a whole batch: one round trip to enqueue a thousand jobs, to
+    claim a batch, to report a batch.
     asyncpg runs on asyncio only, so this backend does too: ``open()`` under trio raises a
     :class:`~taskforge_core.errors.ConfigurationError`.
 
@@ -107,6 +108,7 @@ from taskforge_core.serialization import (
     encode,
     encode_error,
     job_payload,
+    read_back,
 )
 from taskforge_core.states import ExecutionStatus, JobStatus, check_transition
 
@@ -249,18 +251,6 @@ class _Prepared(NamedTuple):
     shift: dt.timedelta | None
     depends_on: tuple[uuid.UUID, ...]
     timeout: float | None
-
-
-_SCALARS = (str, int, float, bool, type(None))
-
-
-def _is_plain(values: Iterable[Any]) -> bool:
-    """True when JSON gives ``values`` back unchanged (no tuples to become lists, ...)."""
-    return all(type(v) in _SCALARS for v in values)
-
-
-def _plain_mapping(mapping: Mapping[Any, Any]) -> bool:
-    return all(type(k) is str for k in mapping) and _is_plain(mapping.values())
 
 
 def _bad_job(job_id: uuid.UUID, message: str) -> InvalidJobError:
@@ -975,16 +965,15 @@ class PostgresStorage:
     ) -> Job:
         job = p.request
         at: dt.datetime = row["created_at"]
+        args, kwargs = read_back(job, p.args, p.kwargs)
         return Job(
             id=job.id,
             project=job.project,
             queue=job.queue,
             task=job.task,
             status=status,
-            # What a read gives back: JSON turns tuples into lists, so decode unless the
-            # values are plain scalars that come back unchanged.
-            args=tuple(job.args) if _is_plain(job.args) else tuple(decode(p.args)),
-            kwargs=dict(job.kwargs) if _plain_mapping(job.kwargs) else decode(p.kwargs),
+            args=args,
+            kwargs=kwargs,
             priority=job.priority,
             attempt=0,
             max_attempts=job.max_attempts,

@@ -86,6 +86,7 @@ from taskforge_core.serialization import (
     encode,
     encode_error,
     job_payload,
+    read_back,
 )
 from taskforge_core.states import ExecutionStatus, JobStatus, check_transition
 
@@ -674,18 +675,6 @@ class _Prepared(NamedTuple):
     depends_on: tuple[str, ...]
 
 
-_SCALARS = (str, int, float, bool, type(None))
-
-
-def _is_plain(values: Iterable[Any]) -> bool:
-    """True when JSON gives ``values`` back unchanged (no tuples to become lists, ...)."""
-    return all(type(v) in _SCALARS for v in values)
-
-
-def _plain_mapping(mapping: Mapping[Any, Any]) -> bool:
-    return all(type(k) is str for k in mapping) and _is_plain(mapping.values())
-
-
 def _bad_job(job_id: str, message: str) -> InvalidJobError:
     return InvalidJobError(f"job {job_id}: {message}")
 
@@ -1164,16 +1153,15 @@ class SQLiteStorage:
         at = _time(now)
         for p in new:
             job = p.request
+            args, kwargs = read_back(job, p.args, p.kwargs)
             made[p.id] = Job(
                 id=job.id,
                 project=job.project,
                 queue=job.queue,
                 task=job.task,
                 status=status[p.id],
-                # What a read gives back: JSON turns tuples into lists, so decode unless
-                # the values are plain scalars that come back unchanged.
-                args=tuple(job.args) if _is_plain(job.args) else tuple(decode(p.args)),
-                kwargs=dict(job.kwargs) if _plain_mapping(job.kwargs) else decode(p.kwargs),
+                args=args,
+                kwargs=kwargs,
                 priority=job.priority,
                 attempt=0,
                 max_attempts=job.max_attempts,

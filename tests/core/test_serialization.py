@@ -5,8 +5,23 @@ import uuid
 
 import pytest
 
-from taskforge_core import ErrorInfo, Job, JobStatus, PayloadTooLargeError, SerializationError
-from taskforge_core.serialization import converter, decode, encode, encode_payload
+from taskforge_core import (
+    ErrorInfo,
+    Job,
+    JobStatus,
+    NewJob,
+    PayloadTooLargeError,
+    SerializationError,
+)
+from taskforge_core.ids import uuid7
+from taskforge_core.serialization import (
+    converter,
+    decode,
+    encode,
+    encode_payload,
+    job_payload,
+    read_back,
+)
 
 
 def test_non_json_arguments_are_rejected_with_the_task_named() -> None:
@@ -70,3 +85,23 @@ def test_models_round_trip_through_the_converter() -> None:
     data = converter.unstructure(job)
     assert decode(encode(data)) == data
     assert converter.structure(decode(encode(data)), Job) == job
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        ((1, "a", 2.5, None, True), {"k": "v", "n": 3}),
+        ((1, (2, 3)), {"k": (1, 2)}),
+        (([1, {"a": (1,)}],), {}),
+        ((), {"nested": {"x": [1.5, None]}}),
+    ],
+)
+def test_read_back_gives_what_a_read_of_the_stored_json_gives(
+    args: tuple[object, ...], kwargs: dict[str, object]
+) -> None:
+    job = NewJob(id=uuid7(), task="t", args=args, kwargs=kwargs)
+    args_json, kwargs_json = job_payload(job)
+    assert read_back(job, args_json, kwargs_json) == (
+        tuple(decode(args_json)),
+        decode(kwargs_json),
+    )
