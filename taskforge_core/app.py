@@ -362,10 +362,12 @@ class TaskForge:
                 f"the {url_scheme(self.url)}:// backend cannot enqueue inside your own "
                 "transaction; drop transaction= (PostgreSQL supports it)"
             )
-        try:
-            self.plugins.hook.taskforge_jobs_enqueued(app=self, jobs=stored)
-        except Exception:  # the jobs are stored: a caller retrying on this error would double them
-            logger.exception("a taskforge_jobs_enqueued hook failed (the jobs are stored)")
+        hook = self.plugins.hook.taskforge_jobs_enqueued
+        if hook.get_hookimpls():  # calling a hook without implementations still costs µs
+            try:
+                hook(app=self, jobs=stored)
+            except Exception:  # the jobs are stored: a caller retrying would double them
+                logger.exception("a taskforge_jobs_enqueued hook failed (the jobs are stored)")
         return [JobHandle(self, job) for job in stored]
 
     async def enqueue(

@@ -253,6 +253,12 @@ class _Prepared(NamedTuple):
     timeout: float | None
 
 
+def _wake_payload(queue: str) -> str:
+    """What a NOTIFY on ``taskforge_jobs`` carries for ``queue``: its name, or ``*`` (wake
+    every listener) for a name beyond the 1,000 bytes the statements allow a payload."""
+    return queue if len(queue.encode()) <= 1000 else "*"
+
+
 def _bad_job(job_id: uuid.UUID, message: str) -> InvalidJobError:
     return InvalidJobError(f"job {job_id}: {message}")
 
@@ -744,6 +750,23 @@ class PostgresStorage:
             self._require_pool()
         now, app_now = self._times()
         batch = _prepare(jobs, app_now)
+        if len(batch) == 1 and batch[0].key is None and not batch[0].depends_on:
+            stored, runnable = await self._run(
+                lambda conn: self._store_one(conn, batch, now), connection=transaction
+            )
+        else:
+            stored, runnable = await self._store_batch(batch, now, transaction)
+        if runnable and transaction is None and self._listener is not None:
+            self._listener.wake(runnable)
+        return stored
+
+    async def _store_batch(
+        self,
+        batch: list[_Prepared],
+        now: dt.datetime | None,
+        transaction: Connection | None,
+    ) -> tuple[list[Job], set[str]]:
+        """Store a batch of any shape: resolve keys and dependencies, then one statement."""
         # Planning depends on which keys are stored only when a keyed job is part of the
         # dependency graph; then the statement also checks that they still are.
         with_keys = _needs_known_keys(batch)
@@ -774,14 +797,50 @@ class PostgresStorage:
             }
             return await self._store(conn, batch, plan, known, expected, now)
 
-        stored, runnable = await self._run(attempt, connection=transaction)
-        if runnable and transaction is None and self._listener is not None:
-            self._listener.wake(runnable)
-        return stored
+        return await self._run(attempt, connection=transaction)
 
     @staticmethod
     def _queue_key(p: _Prepared) -> tuple[str, str]:
         return (p.request.project, p.request.queue)
+
+    async def _store_one(
+        self, conn: Connection, batch: list[_Prepared], now: dt.datetime | None
+    ) -> tuple[list[Job], set[str]]:
+        """The fastest path, for the most common call (``task.enqueue(...)``): one job without
+        key or dependencies. Its values go as scalars when its queue's ids are cached: encoding
+        thirteen one-element arrays costs the client more than the rest of it."""
+        (p,) = batch
+        job = p.request
+        ids = self._queue_ids.get(self._queue_key(p))
+        if ids is None:  # a queue not seen yet: the general statement creates it
+            return await self._store(conn, batch, _plan(batch, {}), {}, None, now)
+        try:
+            row = await conn.fetchrow(
+                _Q["enqueue_one"],
+                now,
+                p.id,
+                ids[0],
+                ids[1],
+                job.task,
+                p.args,
+                p.kwargs,
+                job.priority,
+                job.max_attempts,
+                p.timeout,
+                p.shift,
+                p.headers,
+                _wake_payload(job.queue),
+            )
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name == "jobs_pkey":
+                raise _duplicate_id() from exc
+            raise
+        if row is None:  # the cached queue is gone (the database was emptied under us)
+            self._queue_ids.clear()
+            raise _Conflict("a cached queue no longer exists")
+        status = _STATUS[row["status"]]
+        check_transition(None, status)
+        return [self._made_job(p, [], status, row)], {job.queue}
 
     async def _store_simple(
         self, conn: Connection, batch: list[_Prepared], plan: _Plan, now: dt.datetime | None
@@ -790,43 +849,22 @@ class PostgresStorage:
         new = plan.new
         ids = [self._queue_ids[self._queue_key(p)] for p in new]
         try:
-            if len(new) == 1:  # scalars: encoding thirteen one-element arrays costs more
-                (p,) = new
-                ((project_id, queue_id),) = ids
-                job = p.request
-                rows = await conn.fetch(
-                    _Q["enqueue_one"],
-                    now,
-                    p.id,
-                    project_id,
-                    queue_id,
-                    job.task,
-                    p.args,
-                    p.kwargs,
-                    job.priority,
-                    job.max_attempts,
-                    p.timeout,
-                    p.shift,
-                    job.key,
-                    p.headers,
-                )
-            else:
-                rows = await conn.fetch(
-                    _Q["enqueue_simple"],
-                    now,
-                    [p.id for p in new],
-                    [i[0] for i in ids],
-                    [i[1] for i in ids],
-                    [p.request.task for p in new],
-                    [p.args for p in new],
-                    [p.kwargs for p in new],
-                    [p.request.priority for p in new],
-                    [p.request.max_attempts for p in new],
-                    [p.timeout for p in new],
-                    [p.shift for p in new],
-                    [p.request.key for p in new],
-                    [p.headers for p in new],
-                )
+            rows = await conn.fetch(
+                _Q["enqueue_simple"],
+                now,
+                [p.id for p in new],
+                [i[0] for i in ids],
+                [i[1] for i in ids],
+                [p.request.task for p in new],
+                [p.args for p in new],
+                [p.kwargs for p in new],
+                [p.request.priority for p in new],
+                [p.request.max_attempts for p in new],
+                [p.timeout for p in new],
+                [p.shift for p in new],
+                [p.request.key for p in new],
+                [p.headers for p in new],
+            )
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name == "jobs_pkey":
                 raise _duplicate_id() from exc

@@ -689,6 +689,25 @@ async def test_wait_ignores_jobs_for_other_queues(url: str) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("batch", [1, 2])
+async def test_a_queue_name_too_long_for_a_notify_payload_still_wakes_waiters(
+    url: str, batch: int
+) -> None:
+    """NOTIFY payloads stop at 8,000 bytes; past 1,000 the payload is '*' (every waiter)."""
+    long_name = "é" * 600  # 1,200 bytes
+    async with (
+        PostgresStorage(f"{url}?poll_interval=5") as storage,
+        PostgresStorage(url) as other,
+    ):
+        await listening(storage)
+
+        async def act() -> None:
+            await other.enqueue([new(queue=long_name) for _ in range(batch)])
+
+        assert await wait_while(storage, [long_name], act) < 2
+
+
+@pytest.mark.anyio
 async def test_wait_wakes_for_an_enqueue_by_another_process(url: str) -> None:
     code = (
         "import asyncio, sys\n"

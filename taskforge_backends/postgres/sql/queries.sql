@@ -264,34 +264,31 @@ FROM made
 WHERE (SELECT count(*) FROM notice) >= 0;
 
 -- name: enqueue_one
--- enqueue_simple for a batch of one job, with the same parameters as scalars (encoding
--- thirteen one-element arrays costs the client more than the rest of a single enqueue).
+-- enqueue_simple for a batch of one job without an idempotency key (so no ON CONFLICT and
+-- its speculative insertion), its values as scalars (encoding thirteen one-element arrays
+-- costs the client more than the rest of a single enqueue). $1 now or NULL, $2..$12: id,
+-- project id, queue id, task, args, kwargs, priority, max_attempts, timeout, due offset,
+-- headers; $13: the wake-up payload (the queue's name, or '*' for a name too long for it).
 WITH clock AS (SELECT COALESCE($1::timestamptz, now()) AS now),
 made AS (
     INSERT INTO taskforge.jobs (
         id, project_id, queue_id, task, status, args, kwargs, priority, attempt, max_attempts,
-        timeout, scheduled_for, created_at, updated_at, key, headers
+        timeout, scheduled_for, created_at, updated_at, headers
     )
     SELECT $2::uuid, $3::uuid, $4::integer, $5::text,
            CASE WHEN $11::interval > interval '0' THEN 'scheduled' ELSE 'pending'
            END::taskforge.job_status,
            $6::json, $7::json, $8::bigint, 0, $9::bigint, $10::float8,
            CASE WHEN $11::interval IS NULL THEN c.now ELSE taskforge.later(c.now, $11) END,
-           c.now, c.now, $12::text, $13::jsonb
+           c.now, c.now, $12::jsonb
     FROM clock c
+    -- A cached queue that is gone inserts nothing (see enqueue_simple).
     JOIN taskforge.job_queues q ON q.id = $4::integer AND q.project_id = $3::uuid
-    ON CONFLICT (project_id, key) WHERE key IS NOT NULL DO NOTHING
-    RETURNING id, status, scheduled_for, created_at, queue_id
-),
-notice AS (
-    SELECT pg_notify('taskforge_jobs',
-                     CASE WHEN octet_length(q.name) <= 1000 THEN q.name ELSE '*' END)
-    FROM made r
-    JOIN taskforge.job_queues q ON q.id = r.queue_id
+    RETURNING id, status, scheduled_for, created_at
 )
 SELECT id, status::text AS status, scheduled_for, created_at
 FROM made
-WHERE (SELECT count(*) FROM notice) >= 0;
+WHERE (SELECT count(*) FROM (SELECT pg_notify('taskforge_jobs', $13) FROM made) n) >= 0;
 
 -- name: queue_ids
 -- The ids of the (project, queue) pairs ($1, $2) that exist, with their project's id.
