@@ -33,7 +33,7 @@ lint: $(STAMP)
 
 check: lint test
 
-## make bench: TaskForge and its peers side by side, every workload, three rounds (about 40
+## make bench: TaskForge and its peers side by side, every workload, three rounds (about 25
 ## minutes; each peer gets its own venv under benchmarks/.venvs on first use). BENCH_REPEAT sets
 ## the rounds; BENCH_ARGS passes options on, e.g.
 ## make bench BENCH_ARGS="--systems taskforge-postgres,pgqueuer --soak-jobs 100000".
