@@ -126,6 +126,8 @@ logger = logging.getLogger("taskforge.worker")
 CLEANUP_TIMEOUT = 10.0
 #: Longest time one batch of reports may take before it is put back and tried again.
 ACK_TIMEOUT = 30.0
+#: Rate-limit keys whose last deferral a worker remembers before it forgets those already past.
+DEFERRED_KEYS_KEPT = 1_000
 #: Pause after a failed report before the next try.
 ACK_RETRY_DELAY = 0.5
 #: Log lines kept for a later try while storage refuses them; older ones are dropped.
@@ -738,12 +740,7 @@ class Worker:
             key, limit = next(((k, lim) for k, lim in limits if k == admission.key), (key, limit))
         # Jobs refused together would all come back at the same instant and all but one be
         # refused again: give each its own slot, one emission interval after the last one.
-        now = self.app.clock.now()
-        run_at = now + dt.timedelta(seconds=retry_after)
-        last = self._deferred_until.get(key)
-        if last is not None and last >= run_at:
-            run_at = last + dt.timedelta(seconds=limit.period / limit.count)
-        self._deferred_until[key] = run_at
+        run_at = self._deferral_slot(key, retry_after, limit.period / limit.count)
         logger.debug("job %s (%s) rate limited by %s, again at %s", job.id, job.task, key, run_at)
         report = RetryRequest(
             job_id=job.id,
@@ -753,6 +750,20 @@ class Worker:
             consume_attempt=False,
         )
         return _Outcome(report, job, ExecutionStatus.DEFERRED, 0.0)
+
+    def _deferral_slot(self, key: str, retry_after: float, spacing: float) -> dt.datetime:
+        """When to run a job refused by the limit ``key``: after ``retry_after`` seconds, and
+        ``spacing`` seconds after the last job deferred for the same key. Slots already past
+        are forgotten once many keys were seen (per-project limits make keys unbounded)."""
+        now = self.app.clock.now()
+        run_at = now + dt.timedelta(seconds=retry_after)
+        last = self._deferred_until.get(key)
+        if last is not None and last >= run_at:
+            run_at = last + dt.timedelta(seconds=spacing)
+        self._deferred_until[key] = run_at
+        if len(self._deferred_until) > DEFERRED_KEYS_KEPT:
+            self._deferred_until = {k: t for k, t in self._deferred_until.items() if t > now}
+        return run_at
 
     async def _close_limiter(self) -> None:
         """Close the rate limiter's connections, if it has any (``aclose()``)."""

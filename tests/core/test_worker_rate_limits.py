@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import pathlib
 import time
@@ -12,9 +13,10 @@ import anyio
 import pytest
 
 from taskforge_core import RateLimit, RateLimits, TaskForge, hookimpl
+from taskforge_core.clock import FakeClock
 from taskforge_core.ratelimit import Admission, KeyedLimit, RateLimiter
 from taskforge_core.states import ExecutionStatus
-from taskforge_core.worker import Worker, WorkerStats
+from taskforge_core.worker import DEFERRED_KEYS_KEPT, Worker, WorkerStats
 
 pytestmark = pytest.mark.anyio
 
@@ -159,3 +161,21 @@ async def test_a_limiter_with_only_acquire_still_limits(tmp_path: pathlib.Path) 
         "task:default:default:job",
         "queue:default:default",
     ]
+
+
+def test_deferral_slots_space_jobs_per_key_and_forget_past_keys(tmp_path: pathlib.Path) -> None:
+    clock = FakeClock()
+    app = TaskForge(db_url(tmp_path), clock=clock)
+    worker = Worker(app, ["default"])
+    first = worker._deferral_slot("project:a", 1.0, 0.5)
+    second = worker._deferral_slot("project:a", 1.0, 0.5)
+    assert (first - clock.now(), second - first) == (
+        dt.timedelta(seconds=1),
+        dt.timedelta(seconds=0.5),
+    )
+    for n in range(DEFERRED_KEYS_KEPT):  # many projects, each with a slot still ahead
+        worker._deferral_slot(f"project:{n}", 1.0, 0.5)
+    assert len(worker._deferred_until) == DEFERRED_KEYS_KEPT + 1  # nothing past to forget
+    clock.advance(10)
+    worker._deferral_slot("project:fresh", 1.0, 0.5)
+    assert set(worker._deferred_until) == {"project:fresh"}
