@@ -137,11 +137,14 @@ async def test_a_connection_killed_by_the_server_fails_one_call_then_is_replaced
 async def test_close_waits_for_calls_in_flight_and_fails_waiting_ones(opened: Opened) -> None:
     pool = ConnectionPool(opened, min_size=1, max_size=1, acquire_timeout=5)
     await pool.open()
+    held, release, refused = anyio.Event(), anyio.Event(), anyio.Event()
     finished: list[str] = []
     outcome: list[BaseException] = []
 
     async def hold(conn: Any) -> None:
-        await conn.execute("SELECT pg_sleep(0.2)")
+        await conn.execute("SELECT 1")
+        held.set()
+        await release.wait()
         finished.append("held")
 
     async def wait_for_one() -> None:
@@ -149,14 +152,24 @@ async def test_close_waits_for_calls_in_flight_and_fails_waiting_ones(opened: Op
             await pool.run(backend_pid)
         except PoolClosedError as exc:
             outcome.append(exc)
+            refused.set()
+
+    async def close() -> None:
+        await pool.close()
+        finished.append("closed")
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(pool.run, hold)
-        await anyio.sleep(0.05)
+        await held.wait()
         tg.start_soon(wait_for_one)
-        await anyio.sleep(0.05)
-        await pool.close()
-        assert finished == ["held"]
+        await anyio.wait_all_tasks_blocked()  # the second call waits for the only connection
+        assert pool.idle == 0
+        tg.start_soon(close)
+        await refused.wait()
+        await anyio.wait_all_tasks_blocked()
+        assert finished == []  # close() is still waiting for the call in flight
+        release.set()
+    assert finished == ["held", "closed"]
     assert len(outcome) == 1
     with pytest.raises(PoolClosedError):
         await pool.run(backend_pid)
