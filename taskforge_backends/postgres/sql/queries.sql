@@ -442,19 +442,21 @@ target AS MATERIALIZED (
     ORDER BY j.id
     FOR NO KEY UPDATE
 ),
+-- Each winner carries its job's staleness, so that `stale` needs no second join with target
+-- (planned for a generic plan's one-row estimates, that join was a nested loop: quadratic in
+-- the batch size).
 winner AS (
-    SELECT DISTINCT ON (r.job_id) r.job_id, r.ord, r.result
+    SELECT DISTINCT ON (r.job_id) r.job_id, r.ord, r.result,
+           t.children_version <> t.seen AS stale
     FROM report r
     JOIN target t ON t.id = r.job_id AND t.execution_id = r.execution_id
     ORDER BY r.job_id, r.ord
 ),
 -- NULL, or raises (see the guard of enqueue for why the call sits in a CASE).
 stale AS (
-    SELECT CASE WHEN count(*) > 0
+    SELECT CASE WHEN bool_or(w.stale)
                 THEN taskforge.retry('a child was added to a job being completed') END AS raised
     FROM winner w
-    JOIN target t ON t.id = w.job_id
-    WHERE t.children_version <> t.seen
 ),
 done AS (
     UPDATE taskforge.jobs j
@@ -476,25 +478,25 @@ child AS (
     WHERE d.parent_id IN (SELECT id FROM done)
     GROUP BY d.job_id
 ),
+-- The children locked in id order, each with how many of its parents just succeeded (one
+-- CTE, so that released joins only the jobs table, by primary key).
 child_lock AS MATERIALIZED (
-    SELECT j.id FROM taskforge.jobs j
-    WHERE j.id IN (SELECT id FROM child)
+    SELECT j.id, ch.n FROM taskforge.jobs j
+    JOIN child ch ON ch.id = j.id
     ORDER BY j.id
-    FOR NO KEY UPDATE
+    FOR NO KEY UPDATE OF j
 ),
 released AS (
     UPDATE taskforge.jobs j
-    SET parents_pending = GREATEST(j.parents_pending - ch.n, 0),
-        status = CASE WHEN j.status = 'blocked' AND j.parents_pending <= ch.n
+    SET parents_pending = GREATEST(j.parents_pending - l.n, 0),
+        status = CASE WHEN j.status = 'blocked' AND j.parents_pending <= l.n
                       THEN CASE WHEN j.scheduled_for > c.now THEN 'scheduled'
                                 ELSE 'pending' END::taskforge.job_status
                       ELSE j.status END,
-        updated_at = CASE WHEN j.status = 'blocked' AND j.parents_pending <= ch.n
+        updated_at = CASE WHEN j.status = 'blocked' AND j.parents_pending <= l.n
                           THEN c.now ELSE j.updated_at END
-    FROM child ch
-    JOIN child_lock l ON l.id = ch.id
-    CROSS JOIN clock c
-    WHERE j.id = ch.id
+    FROM child_lock l, clock c
+    WHERE j.id = l.id
     RETURNING j.status, j.queue_id
 ),
 notice AS (
@@ -540,16 +542,16 @@ moved AS (
         updated_at = c.now, lease_expires_at = NULL
     FROM winner w, clock c
     WHERE j.id = w.job_id
-    RETURNING j.id, j.execution_id, j.started_at, j.queue_id
+    RETURNING j.id, j.execution_id, j.started_at, j.queue_id, w.consume, w.error
 ),
+-- The report's fields come through moved's RETURNING: a join of two CTEs would be planned
+-- as a nested loop (quadratic in the batch size) from a generic plan's one-row estimates.
 closed AS (
     UPDATE taskforge.job_executions e
-    SET status = CASE WHEN w.consume THEN 'retrying' ELSE 'deferred'
+    SET status = CASE WHEN m.consume THEN 'retrying' ELSE 'deferred'
                  END::taskforge.execution_status,
-        finished_at = c.now, error = w.error::json
-    FROM moved m
-    JOIN winner w ON w.job_id = m.id
-    CROSS JOIN clock c
+        finished_at = c.now, error = m.error::json
+    FROM moved m, clock c
     WHERE e.id = m.execution_id AND e.started_at = m.started_at
 ),
 notice AS (
@@ -586,8 +588,10 @@ target AS MATERIALIZED (
     ORDER BY j.id
     FOR NO KEY UPDATE
 ),
+-- Each winner carries its job's staleness, as in complete.
 winner AS (
-    SELECT DISTINCT ON (r.job_id) r.job_id, r.ord, r.error
+    SELECT DISTINCT ON (r.job_id) r.job_id, r.ord, r.error,
+           t.children_version <> t.seen AS stale
     FROM report r
     JOIN target t ON t.id = r.job_id AND t.execution_id = r.execution_id
     ORDER BY r.job_id, r.ord
@@ -610,13 +614,12 @@ victim AS MATERIALIZED (
 ),
 -- NULL, or raises (see the guard of enqueue for why the call sits in a CASE).
 stale AS (
-    SELECT CASE WHEN count(*) > 0
+    SELECT CASE WHEN bool_or(latest.stale)
                 THEN taskforge.retry('a child was added to a job being failed or cancelled')
            END AS raised
-    FROM (SELECT t.children_version, t.seen FROM winner w JOIN target t ON t.id = w.job_id
+    FROM (SELECT stale FROM winner
           UNION ALL
-          SELECT children_version, seen FROM victim) latest
-    WHERE latest.children_version <> latest.seen
+          SELECT children_version <> seen FROM victim) latest
 ),
 failed AS (
     UPDATE taskforge.jobs j
@@ -624,14 +627,12 @@ failed AS (
         lease_expires_at = NULL
     FROM winner w, clock c
     WHERE j.id = w.job_id AND (SELECT raised FROM stale) IS NULL
-    RETURNING j.id, j.execution_id, j.started_at
+    RETURNING j.id, j.execution_id, j.started_at, w.error
 ),
 closed AS (
     UPDATE taskforge.job_executions e
-    SET status = 'failed', finished_at = c.now, error = w.error::json
-    FROM failed f
-    JOIN winner w ON w.job_id = f.id
-    CROSS JOIN clock c
+    SET status = 'failed', finished_at = c.now, error = f.error::json
+    FROM failed f, clock c
     WHERE e.id = f.execution_id AND e.started_at = f.started_at
 ),
 cancelled AS (
