@@ -73,7 +73,11 @@ from taskforge_core.states import JobStatus
 # ---------------------------------------------------------------------------------------------
 
 #: Every migration shipped, in order.
-MIGRATIONS = ["0001_initial", "0002_jobs_without_tenancy_foreign_keys"]
+MIGRATIONS = [
+    "0001_initial",
+    "0002_jobs_without_tenancy_foreign_keys",
+    "0003_job_executions_room_for_hot_updates",
+]
 
 
 @pytest.fixture
@@ -876,6 +880,50 @@ async def test_migrate_creates_daily_history_partitions_around_today(
         found = await partitions(url, parent)
         assert {f"{parent}_p{day}" for day in days} <= set(found)
         assert f"{parent}_default" in found
+
+
+@pytest.mark.anyio
+async def test_execution_partitions_leave_room_so_finishing_an_attempt_touches_no_index(
+    url: str,
+) -> None:
+    # A day no other test writes to, so the partition's statistics count this test alone.
+    clock = FakeClock(dt.datetime(2032, 3, 3, tzinfo=utc))
+    async with PostgresStorage(url, BackendConfig(clock=clock, auto_migrate=False)) as storage:
+        await storage.migrate()
+        conn = await asyncpg.connect(url)
+        try:
+            options = dict(
+                await conn.fetch(
+                    "SELECT c.relname, c.reloptions FROM pg_inherits i "
+                    "JOIN pg_class c ON c.oid = i.inhrelid "
+                    "JOIN pg_class p ON p.oid = i.inhparent "
+                    "WHERE p.relname IN ('job_executions', 'execution_logs')"
+                )
+            )
+            assert options["job_executions_default"] == ["fillfactor=40"]
+            assert options["job_executions_p20320303"] == ["fillfactor=40"]  # made by migrate
+            assert options["execution_logs_p20320303"] == ["fillfactor=100"]
+            # Enough attempts to fill several pages: in packed pages most updates would move.
+            await storage.enqueue([new() for _ in range(300)])
+            claimed = await claim(storage, limit=300)
+            ack = await storage.complete(
+                [Completion(job_id=c.job.id, execution_id=c.execution_id) for c in claimed]
+            )
+            assert len(ack.accepted) == 300
+            # Other sessions' statistics reach the view within about a second of their commit.
+            query = (
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+                "WHERE relname = 'job_executions_p20320303'"
+            )
+            with anyio.fail_after(20):
+                while True:
+                    updated, hot = await conn.fetchrow(query)
+                    if updated >= 300:
+                        break
+                    await anyio.sleep(0.2)
+        finally:
+            await conn.close()
+    assert (updated, hot) == (300, 300)
 
 
 @pytest.mark.anyio

@@ -1,4 +1,4 @@
--- The schema of TaskForge on PostgreSQL as the migrations leave it (today: 0002), in
+-- The schema of TaskForge on PostgreSQL as the migrations leave it (today: 0003), in
 -- one file to read and review. Install and upgrade with `taskforge migrate` (which applies
 -- migrations/*.sql and records them), not with this file. A test replays every migration into
 -- an empty database and checks that the result is exactly this schema, so a new migration
@@ -308,7 +308,11 @@ CREATE TABLE taskforge.job_executions (
 ) PARTITION BY RANGE (started_at);
 -- A job's attempts oldest first, and the cascade when a job is purged.
 CREATE INDEX job_executions_job ON taskforge.job_executions (job_id, started_at);
-CREATE TABLE taskforge.job_executions_default PARTITION OF taskforge.job_executions DEFAULT;
+-- 0003: every partition fills its pages to 40% only (fillfactor 40). An execution row is
+-- inserted when its attempt is claimed and updated once when the attempt ends; with room on
+-- its page that update is heap-only (HOT) and writes no index entry.
+CREATE TABLE taskforge.job_executions_default PARTITION OF taskforge.job_executions DEFAULT
+    WITH (fillfactor = 40);
 
 CREATE TABLE taskforge.execution_logs (
     id           bigserial NOT NULL,
@@ -337,6 +341,7 @@ CREATE FUNCTION taskforge.maintain_partitions(now timestamptz, ahead integer, re
 DECLARE
     parent text;
     col text;
+    fill integer;
     today date := (now AT TIME ZONE 'UTC')::date;
     day date;
     offset_days integer;
@@ -349,7 +354,8 @@ BEGIN
     -- One maintainer at a time (every worker may call this): the others wait, then find the
     -- partitions made.
     PERFORM pg_advisory_xact_lock(hashtext('taskforge.maintain_partitions'));
-    FOR parent, col IN VALUES ('job_executions', 'started_at'), ('execution_logs', 'at') LOOP
+    FOR parent, col, fill IN VALUES ('job_executions', 'started_at', 40),
+                                    ('execution_logs', 'at', 100) LOOP
         FOR offset_days IN -1 .. ahead LOOP
             day := today + offset_days;
             name := parent || '_p' || to_char(day, 'YYYYMMDD');
@@ -360,7 +366,7 @@ BEGIN
             BEGIN
                 EXECUTE format(
                     'CREATE TABLE taskforge.%I (LIKE taskforge.%I INCLUDING DEFAULTS '
-                    'INCLUDING CONSTRAINTS)', name, parent);
+                    'INCLUDING CONSTRAINTS) WITH (fillfactor = %s)', name, parent, fill);
                 EXECUTE format(
                     'WITH moved AS (DELETE FROM taskforge.%I WHERE %I >= $1 AND %I < $2 '
                     'RETURNING *) INSERT INTO taskforge.%I SELECT * FROM moved',
