@@ -13,6 +13,8 @@ from importlib import resources
 __all__ = ["queries", "schema"]
 
 _NAME = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+#: A line that stands for the whole text of another named piece (one level deep).
+_INCLUDE = re.compile(r"^-- include: ([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 
 
 def _read(*parts: str) -> str:
@@ -21,7 +23,11 @@ def _read(*parts: str) -> str:
 
 
 def parse(text: str) -> dict[str, str]:
-    """Split a queries file into ``{name: statement}``; every statement must be named once."""
+    """Split a queries file into ``{name: statement}``; every statement must be named once.
+
+    A ``-- include: NAME`` line is replaced by the text of piece ``NAME``, so that two
+    statements ending alike (the claim's two ways of choosing jobs) share one copy of the end.
+    """
     found: dict[str, str] = {}
     pieces = _NAME.split(text)
     if pieces[0].strip() and any(
@@ -35,7 +41,14 @@ def parse(text: str) -> dict[str, str]:
         if not statement:
             raise ValueError(f"query {name!r} is empty")
         found[name] = statement
-    return found
+
+    def include(match: re.Match[str]) -> str:
+        piece = match.group(1)
+        if piece not in found:
+            raise ValueError(f"'-- include: {piece}' names no query")
+        return found[piece]
+
+    return {name: _INCLUDE.sub(include, statement) for name, statement in found.items()}
 
 
 @functools.cache

@@ -1033,16 +1033,28 @@ class PostgresStorage:
             return []
         if request.lease < _ZERO:
             raise ValueError(f"a lease cannot be negative, got {request.lease}")
-        rows = await self._fetch(
-            "claim",
-            self._now(),
-            request.project,
-            [share.name for share in request.shares],
-            [share.limit for share in request.shares],
-            request.limit,
-            request.worker_id,
-            request.lease,
-        )
+        shares = request.shares
+        if len(shares) == 1:  # one queue: its best jobs, whatever its quota
+            rows = await self._fetch(
+                "claim_one_queue",
+                self._now(),
+                request.project,
+                request.worker_id,
+                request.lease,
+                request.limit,
+                shares[0].name,
+            )
+        else:
+            rows = await self._fetch(
+                "claim",
+                self._now(),
+                request.project,
+                request.worker_id,
+                request.lease,
+                request.limit,
+                [share.name for share in shares],
+                [share.limit for share in shares],
+            )
         claimed = []
         for row in rows:
             check_transition(_P, _R)

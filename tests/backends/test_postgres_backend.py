@@ -45,6 +45,7 @@ from storage_calls import (
 
 from taskforge_backends.postgres import PostgresStorage
 from taskforge_backends.postgres._migrations import apply_migrations, available_migrations
+from taskforge_backends.postgres._sql import parse
 from taskforge_backends.postgres._url import parse_url
 from taskforge_core import hookspecs
 from taskforge_core.backends import BackendConfig, create_storage
@@ -59,10 +60,12 @@ from taskforge_core.errors import (
 )
 from taskforge_core.ids import uuid7
 from taskforge_core.models import (
+    ClaimRequest,
     Completion,
     ExecutionLog,
     Failure,
     NewJob,
+    QueueShare,
 )
 from taskforge_core.protocols import Capability, Storage
 from taskforge_core.retention import RetentionPolicy
@@ -160,6 +163,33 @@ async def test_an_unknown_queue_is_reported_before_a_dependency_problem(
 # ---------------------------------------------------------------------------------------------
 # URL, plugin, lifecycle
 # ---------------------------------------------------------------------------------------------
+
+
+def test_a_query_may_include_another_piece_of_the_queries_file() -> None:
+    text = "-- name: head\nSELECT 1\n-- include: tail\n\n-- name: tail\n-- the end\nFROM t;\n"
+    assert parse(text)["head"] == "SELECT 1\n-- the end\nFROM t;"
+    with pytest.raises(ValueError, match="'-- include: nothing' names no query"):
+        parse("-- name: head\nSELECT 1\n-- include: nothing\n")
+
+
+@pytest.mark.anyio
+async def test_a_claim_from_one_queue_takes_its_best_jobs_whatever_the_quota(
+    storage: PostgresStorage, clock: FakeClock
+) -> None:
+    later = new(priority=9, scheduled_for=clock.now() + dt.timedelta(hours=1))
+    low, high = new(priority=1), new(priority=5)
+    await storage.enqueue([low, high, later])
+    one_share = ClaimRequest(
+        worker_id=uuid.uuid4(),
+        shares=(QueueShare(name="default", limit=1),),
+        limit=5,
+        lease=dt.timedelta(seconds=30),
+    )
+    claimed = await storage.claim(one_share)
+    assert [c.job.id for c in claimed] == [high.id, low.id]  # priority order, due jobs only
+    await storage.set_queue_paused("default", "default", True)
+    await storage.enqueue([new()])
+    assert await storage.claim(one_share) == []  # a paused queue gives nothing
 
 
 def test_url_parameters_set_the_pool_and_pass_libpq_ones_through() -> None:

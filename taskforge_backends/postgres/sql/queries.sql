@@ -322,8 +322,8 @@ WHERE NOT EXISTS (
 ORDER BY k.ord;
 
 -- name: claim
--- Claim up to $5 runnable jobs of project $2 for worker $6 with lease $7, first each share
--- ($3 queue names, $4 quotas, in order) from its own queue, then the capacity left over from
+-- Claim up to $5 runnable jobs of project $2 for worker $3 with lease $4, first each share
+-- ($6 queue names, $7 quotas, in order) from its own queue, then the capacity left over from
 -- all the listed queues together, best first. Each claimed job gets a new execution id.
 --
 -- The best $5 runnable jobs of every listed unpaused queue are locked (SKIP LOCKED: jobs
@@ -336,7 +336,7 @@ ORDER BY k.ord;
 WITH clock AS (SELECT COALESCE($1::timestamptz, now()) AS now),
 share AS (
     SELECT s.ord, GREATEST(s.quota, 0) AS want, q.id AS queue_id, q.name
-    FROM unnest($3::text[], $4::bigint[]) WITH ORDINALITY AS s(name, quota, ord)
+    FROM unnest($6::text[], $7::bigint[]) WITH ORDINALITY AS s(name, quota, ord)
     JOIN taskforge.projects p ON p.slug = $2
     JOIN taskforge.job_queues q ON q.project_id = p.id AND q.name = s.name AND NOT q.paused
 ),
@@ -393,13 +393,38 @@ chosen AS (
     UNION ALL
     SELECT id FROM second_pass
 ),
+-- include: claim_chosen
+
+-- name: claim_one_queue
+-- claim when the worker serves one queue ($6): its best $5 runnable jobs of project $2 for
+-- worker $3 with lease $4. The same jobs as claim with one share (a lone queue's quota never
+-- limits: the second pass fills the rest from it), without the quota arithmetic, which is a
+-- third of a small claim's server time.
+WITH clock AS (SELECT COALESCE($1::timestamptz, now()) AS now),
+chosen AS MATERIALIZED (
+    SELECT j.id
+    FROM taskforge.jobs j, clock
+    WHERE j.queue_id = (SELECT q.id FROM taskforge.job_queues q
+                        JOIN taskforge.projects p ON p.id = q.project_id
+                        WHERE p.slug = $2 AND q.name = $6 AND NOT q.paused)
+      AND j.status IN ('pending', 'scheduled')
+      AND j.scheduled_for <= clock.now
+    ORDER BY j.priority DESC, j.scheduled_for, j.id
+    LIMIT $5
+    FOR NO KEY UPDATE OF j SKIP LOCKED
+),
+-- include: claim_chosen
+
+-- name: claim_chosen
+-- The end of both claims (not run alone): the jobs in `chosen` become processing for worker
+-- $3 with lease $4, each with a new execution id, and are returned in claim order.
 claimed AS (
     UPDATE taskforge.jobs j
     SET status = 'processing',
         attempt = j.attempt + 1,
         execution_id = taskforge.uuid7(),
-        worker_id = $6,
-        lease_expires_at = taskforge.later(clock.now, $7::interval),
+        worker_id = $3,
+        lease_expires_at = taskforge.later(clock.now, $4::interval),
         started_at = clock.now,
         updated_at = clock.now
     FROM chosen c, clock
