@@ -177,14 +177,7 @@ class ConnectionPool:
 
     async def close(self) -> None:
         """Stop handing out connections, close the idle ones, and wait for those in use."""
-        self._closed = True
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(PoolClosedError("the connection pool is closed"))
-        idle, self._idle = self._idle, []
-        self._size -= len(idle)
-        for conn in idle:
+        for conn in self._shut():
             try:
                 await conn.close(timeout=5)
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
@@ -195,12 +188,17 @@ class ConnectionPool:
 
     def terminate(self) -> None:
         """Close every idle connection at once; connections in use close when returned."""
+        for conn in self._shut():
+            conn.terminate()
+
+    def _shut(self) -> list[Connection]:
+        """Mark the pool closed, fail everyone waiting for a connection, and hand over the
+        idle connections (no longer counted) for the caller to close."""
         self._closed = True
-        for waiter in self._waiters:
+        while self._waiters:
+            waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(PoolClosedError("the connection pool is closed"))
-        self._waiters.clear()
         idle, self._idle = self._idle, []
         self._size -= len(idle)
-        for conn in idle:
-            conn.terminate()
+        return idle

@@ -47,6 +47,7 @@ Time
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -55,7 +56,7 @@ import math
 import random
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar, cast
 
 import anyio
@@ -424,8 +425,17 @@ def _needs_known_keys(batch: Sequence[_Prepared]) -> bool:
     return any(p.depends_on or p.id in referenced for p in keyed)
 
 
-def _duplicate_id() -> InvalidJobError:
-    return InvalidJobError("a job with one of the batch's ids already exists (ids must be new)")
+@contextlib.contextmanager
+def _ids_must_be_new() -> Iterator[None]:
+    """Report the primary key's violation as what it means: a job id of the batch exists."""
+    try:
+        yield
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name == "jobs_pkey":
+            raise InvalidJobError(
+                "a job with one of the batch's ids already exists (ids must be new)"
+            ) from exc
+        raise
 
 
 class _Conflict(Exception):
@@ -814,7 +824,7 @@ class PostgresStorage:
         ids = self._queue_ids.get(self._queue_key(p))
         if ids is None:  # a queue not seen yet: the general statement creates it
             return await self._store(conn, batch, _plan(batch, {}), {}, None, now)
-        try:
+        with _ids_must_be_new():
             row = await conn.fetchrow(
                 _Q["enqueue_one"],
                 now,
@@ -831,10 +841,6 @@ class PostgresStorage:
                 p.headers,
                 _wake_payload(job.queue),
             )
-        except asyncpg.UniqueViolationError as exc:
-            if exc.constraint_name == "jobs_pkey":
-                raise _duplicate_id() from exc
-            raise
         if row is None:  # the cached queue is gone (the database was emptied under us)
             self._queue_ids.clear()
             raise _Conflict("a cached queue no longer exists")
@@ -848,7 +854,7 @@ class PostgresStorage:
         """The fast path: no dependencies, and every queue in the cache of queue ids."""
         new = plan.new
         ids = [self._queue_ids[self._queue_key(p)] for p in new]
-        try:
+        with _ids_must_be_new():
             rows = await conn.fetch(
                 _Q["enqueue_simple"],
                 now,
@@ -865,10 +871,6 @@ class PostgresStorage:
                 [p.request.key for p in new],
                 [p.headers for p in new],
             )
-        except asyncpg.UniqueViolationError as exc:
-            if exc.constraint_name == "jobs_pkey":
-                raise _duplicate_id() from exc
-            raise
         made = {row["id"]: row for row in rows}
         jobs: dict[uuid.UUID, Job] = {}
         runnable: set[str] = set()
@@ -928,7 +930,7 @@ class PostgresStorage:
         ]
         projects = list(dict.fromkeys(p.request.project for p in new))
         expected = expected or {}
-        try:
+        with _ids_must_be_new():
             rows = await conn.fetch(
                 _Q["enqueue"],
                 now,
@@ -955,10 +957,6 @@ class PostgresStorage:
                 [k[1] for k in expected],
                 list(expected.values()),
             )
-        except asyncpg.UniqueViolationError as exc:
-            if exc.constraint_name == "jobs_pkey":
-                raise _duplicate_id() from exc
-            raise
 
         problems = sorted(
             (row["rank"], row["ord"], row["position"], row["detail"], row["project"])

@@ -6,8 +6,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+
+import anyio
 
 from taskforge_core.ids import uuid7
 from taskforge_core.models import (
@@ -37,6 +41,8 @@ __all__ = [
     "run_to_failure",
     "run_to_success",
     "status",
+    "timed_wait",
+    "wait_while",
 ]
 
 WORKER = uuid.UUID("00000000-0000-7000-8000-00000000000a")
@@ -110,3 +116,26 @@ async def run_to_failure(storage: Storage, job_id: uuid.UUID) -> None:
 async def all_jobs(storage: Storage, project: str = "default") -> list[Job]:
     page = await storage.list_jobs(JobFilter(project=project), limit=1000, cursor=None)
     return list(page.items)
+
+
+async def timed_wait(storage: Storage, queues: Sequence[str], timeout: float) -> float:
+    """Seconds that ``wait_for_jobs(queues, timeout)`` took."""
+    start = time.monotonic()
+    await storage.wait_for_jobs(queues, timeout)
+    return time.monotonic() - start
+
+
+async def wait_while(
+    storage: Storage, queues: Sequence[str], act: Callable[[], Awaitable[object]]
+) -> float:
+    """Start waiting (20 s at most), run ``act``, and return how long the wait took."""
+    elapsed: list[float] = []
+    async with anyio.create_task_group() as tg:
+
+        async def waiter() -> None:
+            elapsed.append(await timed_wait(storage, queues, 20))
+
+        tg.start_soon(waiter)
+        await anyio.sleep(0.1)
+        await act()
+    return elapsed[0]

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -41,6 +41,8 @@ from storage_calls import (
     run_to_failure,
     run_to_success,
     status,
+    timed_wait,
+    wait_while,
 )
 
 from taskforge_backends.postgres import PostgresStorage
@@ -664,26 +666,6 @@ async def listening(storage: PostgresStorage) -> None:
     with anyio.fail_after(10):
         while not listener.listening:
             await storage.wait_for_jobs([], 0.05)
-
-
-async def timed_wait(storage: PostgresStorage, queues: Sequence[str], timeout: float) -> float:
-    start = time.monotonic()
-    await storage.wait_for_jobs(queues, timeout)
-    return time.monotonic() - start
-
-
-async def wait_while(storage: PostgresStorage, queues: Sequence[str], act: Any) -> float:
-    """Start waiting (20 s at most), run ``act``, and return how long the wait took."""
-    elapsed: list[float] = []
-    async with anyio.create_task_group() as tg:
-
-        async def waiter() -> None:
-            elapsed.append(await timed_wait(storage, queues, 20))
-
-        tg.start_soon(waiter)
-        await anyio.sleep(0.1)
-        await act()
-    return elapsed[0]
 
 
 @pytest.mark.anyio

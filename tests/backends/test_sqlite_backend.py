@@ -16,8 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -34,6 +33,8 @@ from storage_calls import (
     new,
     one,
     run_to_success,
+    timed_wait,
+    wait_while,
 )
 
 from taskforge_backends.sqlite import SQLiteStorage
@@ -317,25 +318,15 @@ def test_claim_reads_only_the_head_of_a_queue_even_with_statistics(
 # ---------------------------------------------------------------------------------------------
 
 
-async def timed_wait(storage: SQLiteStorage, queues: Sequence[str], timeout: float) -> float:
-    start = time.monotonic()
-    await storage.wait_for_jobs(queues, timeout)
-    return time.monotonic() - start
-
-
 @pytest.mark.anyio
 async def test_wait_returns_quickly_after_a_local_enqueue(db_path: pathlib.Path) -> None:
     async with SQLiteStorage(file_url(db_path, "poll_interval=5")) as storage:
-        elapsed: list[float] = []
-        async with anyio.create_task_group() as tg:
 
-            async def waiter() -> None:
-                elapsed.append(await timed_wait(storage, ["default"], 20))
-
-            tg.start_soon(waiter)
-            await anyio.sleep(0.05)
+        async def act() -> None:
             await storage.enqueue([new()])
-        assert elapsed[0] < 2  # far below both the timeout and the poll interval
+
+        # Far below both the timeout and the poll interval.
+        assert await wait_while(storage, ["default"], act) < 2
 
 
 @pytest.mark.anyio
@@ -357,21 +348,16 @@ async def test_wait_wakes_for_an_enqueue_from_another_thread_and_event_loop(
             await other.enqueue([new()])
 
     async with SQLiteStorage(url) as storage:
-        elapsed: list[float] = []
-        async with anyio.create_task_group() as tg:
 
-            async def waiter() -> None:
-                elapsed.append(await timed_wait(storage, [], 20))
-
-            tg.start_soon(waiter)
-            await anyio.sleep(0.05)
+        async def act() -> None:
             other_backend = "trio" if anyio_backend == "asyncio" else "asyncio"
             thread = threading.Thread(
                 target=anyio.run, args=(enqueue_elsewhere,), kwargs={"backend": other_backend}
             )
             thread.start()
             await anyio.to_thread.run_sync(thread.join)
-        assert elapsed[0] < 2
+
+        assert await wait_while(storage, [], act) < 2
 
 
 def commit_elsewhere(db_path: pathlib.Path) -> None:
@@ -405,16 +391,11 @@ async def test_wait_notices_a_commit_by_another_process(
     if not watch:
         monkeypatch.setattr(sqlite_backend, "open_wal_watch", lambda path: None)
     async with SQLiteStorage(file_url(db_path, query)) as storage:
-        elapsed: list[float] = []
-        async with anyio.create_task_group() as tg:
 
-            async def waiter() -> None:
-                elapsed.append(await timed_wait(storage, ["default"], 20))
-
-            tg.start_soon(waiter)
-            await anyio.sleep(0.05)
+        async def act() -> None:
             commit_elsewhere(db_path)
-        assert elapsed[0] < 2
+
+        assert await wait_while(storage, ["default"], act) < 2
 
 
 @pytest.mark.anyio
@@ -442,16 +423,7 @@ async def test_an_idle_waiter_is_not_woken_without_a_commit(db_path: pathlib.Pat
 async def test_closing_the_storage_ends_a_wait_at_once(db_path: pathlib.Path) -> None:
     storage = SQLiteStorage(file_url(db_path, "poll_interval=30"))
     await storage.open()
-    elapsed: list[float] = []
-    async with anyio.create_task_group() as tg:
-
-        async def waiter() -> None:
-            elapsed.append(await timed_wait(storage, ["default"], 20))
-
-        tg.start_soon(waiter)
-        await anyio.sleep(0.05)
-        await storage.close()
-    assert elapsed[0] < 2
+    assert await wait_while(storage, ["default"], storage.close) < 2
 
 
 # ---------------------------------------------------------------------------------------------
