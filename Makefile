@@ -29,7 +29,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/mypy benchmarks/harness.py benchmarks/report.py benchmarks/profile_top.py
+	$(BIN)/mypy benchmarks/harness.py benchmarks/report.py benchmarks/profile_top.py benchmarks/pg_verbs.py
+	cd benchmarks/systems && ../../$(BIN)/mypy _common.py taskforge_system.py
 
 check: lint test
 

@@ -18,17 +18,25 @@ Timed commands print one JSON object on their last line of output. Every job is 
 takes an integer ``n`` and appends ``"<n> <time.time()>"`` to ``starts-<pid>.log`` in the work
 folder with a single unbuffered ``write`` (about 2 µs): the harness reads those files after
 the timed section to check that each job ran exactly once and when each one started.
+
+An adapter describes its library's calls in a :class:`Library` and hands it to :func:`main`,
+which runs the command: the timed loops, the pacing and the warm-up are the same for every
+system, so they live here once.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import dataclasses
+import inspect
 import json
 import logging
 import os
 import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 URL = os.environ.get("BENCH_URL", "")
@@ -113,3 +121,114 @@ def parser(description: str) -> argparse.ArgumentParser:
     wakeup.add_argument("--jobs", type=int, required=True)
     wakeup.add_argument("--interval", type=float, default=0.01)
     return p
+
+
+# -- running an adapter's commands ------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _no_session() -> AsyncIterator[None]:
+    yield
+
+
+@dataclasses.dataclass(frozen=True)
+class Library:
+    """One system's own calls, which :func:`main` runs the commands with.
+
+    ``enqueue``, ``enqueue_batch``, ``fill_batch`` and ``setup`` may be plain functions or
+    ``async def`` ones.
+    """
+
+    #: The system's name, for error messages.
+    name: str
+    #: What the system runs with, written beside its figures (the ``config`` command).
+    config: Callable[[], dict[str, Any]]
+    #: Runs one worker until SIGTERM; called outside any event loop (it starts its own).
+    worker: Callable[[int | None], None]
+    #: Enqueues job ``n`` with the system's one-job call.
+    enqueue: Callable[[int], Any]
+    #: Enqueues the jobs of a range with the system's bulk call; None when it has none.
+    enqueue_batch: Callable[[range], Any] | None = None
+    #: Enqueues the jobs of a range for an untimed fill (default: ``enqueue_batch``, else one
+    #: ``enqueue`` after the other).
+    fill_batch: Callable[[range], Any] | None = None
+    #: Jobs per fill call.
+    fill_size: int = 1000
+    #: Creates the schema, or empties the queue.
+    setup: Callable[[], Any] = lambda: None
+    #: Held around every command but ``config`` and ``worker`` (opens the connections).
+    session: Callable[[], contextlib.AbstractAsyncContextManager[Any]] = _no_session
+    #: Runs the commands' coroutine: ``asyncio.run``, or the loop the system's docs use.
+    run: Callable[[Callable[[], Coroutine[Any, Any, None]]], Any] = lambda main: asyncio.run(main())
+
+
+def main(library: Library, description: str) -> None:
+    """Parse the command line and run the command with ``library``."""
+    args = parser(description).parse_args()
+    quiet_logging()
+    if args.command == "config":
+        emit(library.config())
+    elif args.command == "worker":
+        library.worker(args.concurrency)
+    else:
+        library.run(lambda: _command(library, args))
+
+
+async def _call(fn: Callable[..., Any], *args: Any) -> None:
+    result = fn(*args)
+    if inspect.isawaitable(result):
+        await result
+
+
+async def _each(fn: Callable[[Any], Any], items: Any) -> float:
+    """Seconds taken to call ``fn`` on each item in turn (awaiting it if it is async)."""
+    started = time.perf_counter()
+    if inspect.iscoroutinefunction(fn):
+        for item in items:
+            await fn(item)
+    else:
+        for item in items:
+            fn(item)
+    return time.perf_counter() - started
+
+
+def _batches(first: int, jobs: int, size: int) -> list[range]:
+    return [
+        range(start, min(first + jobs, start + size)) for start in range(first, first + jobs, size)
+    ]
+
+
+async def _command(library: Library, args: argparse.Namespace) -> None:
+    async with library.session():
+        if args.command == "setup":
+            await _call(library.setup)
+        elif args.command == "enqueue-single":
+            emit({"seconds": await _each(library.enqueue, range(args.jobs))})
+        elif args.command == "enqueue-bulk":
+            if library.enqueue_batch is None:
+                raise SystemExit(f"enqueue-bulk: {library.name} has no bulk-enqueue call")
+            seconds = await _each(library.enqueue_batch, _batches(0, args.jobs, args.batch))
+            emit({"seconds": seconds, "batch": args.batch})
+        elif args.command == "fill":
+            fill = library.fill_batch or library.enqueue_batch
+            if fill is None:
+                await _each(library.enqueue, range(args.first, args.first + args.jobs))
+            else:
+                await _each(fill, _batches(args.first, args.jobs, library.fill_size))
+        elif args.command == "wakeup":
+            await _wakeup(library, args.jobs, args.interval)
+
+
+async def _wakeup(library: Library, jobs: int, interval: float) -> None:
+    """The warm-up job, a second of idleness, then ``jobs`` enqueues ``interval`` apart, each
+    one's start time written down for the harness."""
+    await _call(library.enqueue, WARMUP)
+    await asyncio.to_thread(wait_for_warmup)
+    await asyncio.sleep(1.0)  # let the worker go idle
+    sent: dict[int, float] = {}
+    delay = pace(jobs, interval)
+    for n in range(jobs):
+        await asyncio.sleep(delay(n))
+        sent[n] = time.time()
+        await _call(library.enqueue, n)
+    write_sent(sent)

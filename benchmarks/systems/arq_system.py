@@ -9,13 +9,13 @@ class run by ``run_worker`` (what the ``arq`` command does), its defaults (``max
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
-from _common import URL, WARMUP, emit, pace, parser, quiet_logging, record, wait_for_warmup
-from _common import write_sent as _write_sent
+from _common import URL, Library, main, record
 from arq import create_pool
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis, RedisSettings
 from arq.worker import run_worker
 
 
@@ -42,46 +42,43 @@ def config() -> dict[str, Any]:
     }
 
 
-async def main() -> None:
-    args = parser(__doc__ or "").parse_args()
-    quiet_logging()
-    if args.command == "config":
-        emit(config())
-        return
+#: The enqueuing side's connection pool, open while a command runs.
+_redis: list[ArqRedis] = []
+
+
+@contextlib.asynccontextmanager
+async def session() -> AsyncIterator[None]:
     redis = await create_pool(WorkerSettings.redis_settings)
+    _redis.append(redis)
     try:
-        if args.command == "setup":
-            pass
-        elif args.command == "enqueue-single":
-            started = time.perf_counter()
-            for n in range(args.jobs):
-                await redis.enqueue_job("noop", n)
-            emit({"seconds": time.perf_counter() - started})
-        elif args.command == "fill":
-            for start in range(args.first, args.first + args.jobs, 100):
-                numbers = range(start, min(args.first + args.jobs, start + 100))
-                await asyncio.gather(*(redis.enqueue_job("noop", n) for n in numbers))
-        elif args.command == "wakeup":
-            await redis.enqueue_job("noop", WARMUP)
-            await asyncio.to_thread(wait_for_warmup)
-            await asyncio.sleep(1.0)
-            sent: dict[int, float] = {}
-            delay = pace(args.jobs, args.interval)
-            for n in range(args.jobs):
-                await asyncio.sleep(delay(n))
-                sent[n] = time.time()
-                await redis.enqueue_job("noop", n)
-            _write_sent(sent)
-        else:
-            raise SystemExit(f"{args.command}: not supported by arq")
+        yield
     finally:
         await redis.aclose()
 
 
+async def enqueue(n: int) -> None:
+    await _redis[0].enqueue_job("noop", n)
+
+
+async def fill_batch(numbers: range) -> None:
+    """Many enqueues in flight at once (untimed: arq has no bulk call)."""
+    await asyncio.gather(*(_redis[0].enqueue_job("noop", n) for n in numbers))
+
+
+def worker(concurrency: int | None) -> None:
+    run_worker(WorkerSettings)  # type: ignore[arg-type]
+
+
 if __name__ == "__main__":
-    args = parser(__doc__ or "").parse_args()
-    if args.command == "worker":
-        quiet_logging()
-        run_worker(WorkerSettings)  # type: ignore[arg-type]
-    else:
-        asyncio.run(main())
+    main(
+        Library(
+            name="arq",
+            config=config,
+            worker=worker,
+            enqueue=enqueue,
+            fill_batch=fill_batch,
+            fill_size=100,
+            session=session,
+        ),
+        __doc__ or "",
+    )

@@ -11,11 +11,9 @@ per task), so its bulk column is n/a.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from _common import URL, WARMUP, emit, pace, parser, quiet_logging, record, wait_for_warmup
-from _common import write_sent as _write_sent
+from _common import URL, Library, main, record
 from celery import Celery
 
 CONCURRENCY = 10
@@ -48,48 +46,24 @@ def config() -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    args = parser(__doc__ or "").parse_args()
-    quiet_logging()
-    if args.command == "config":
-        emit(config())
-    elif args.command == "setup":
-        pass
-    elif args.command == "worker":
-        app.worker_main(
-            [
-                "worker",
-                "--pool=threads",
-                f"--concurrency={args.concurrency or CONCURRENCY}",
-                "--loglevel=WARNING",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "--queues=celery",
-            ]
-        )
-    elif args.command == "enqueue-single":
-        started = time.perf_counter()
-        for n in range(args.jobs):
-            noop.delay(n)
-        emit({"seconds": time.perf_counter() - started})
-    elif args.command == "fill":
-        for n in range(args.first, args.first + args.jobs):
-            noop.delay(n)
-    elif args.command == "wakeup":
-        noop.delay(WARMUP)
-        wait_for_warmup()
-        time.sleep(1.0)
-        sent: dict[int, float] = {}
-        delay = pace(args.jobs, args.interval)
-        for n in range(args.jobs):
-            time.sleep(delay(n))
-            sent[n] = time.time()
-            noop.delay(n)
-        _write_sent(sent)
-    else:
-        raise SystemExit(f"{args.command}: not supported by Celery")
+def worker(concurrency: int | None) -> None:
+    app.worker_main(
+        [
+            "worker",
+            "--pool=threads",
+            f"--concurrency={concurrency or CONCURRENCY}",
+            "--loglevel=WARNING",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--queues=celery",
+        ]
+    )
+
+
+def enqueue(n: int) -> None:
+    noop.delay(n)
 
 
 if __name__ == "__main__":
-    main()
+    main(Library(name="Celery", config=config, worker=worker, enqueue=enqueue), __doc__ or "")

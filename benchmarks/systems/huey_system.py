@@ -9,11 +9,9 @@ the bulk row uses ``task.map``, Huey's many-jobs call (it enqueues them one by o
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from _common import URL, WARMUP, emit, pace, parser, quiet_logging, record, wait_for_warmup
-from _common import write_sent as _write_sent
+from _common import URL, Library, main, record
 from huey import SqliteHuey
 
 WORKERS = 4
@@ -40,41 +38,27 @@ def config() -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    args = parser(__doc__ or "").parse_args()
-    quiet_logging()
-    if args.command == "config":
-        emit(config())
-    elif args.command == "setup":
-        huey.storage.flush_queue()
-    elif args.command == "worker":
-        huey.create_consumer(
-            workers=args.concurrency or WORKERS, worker_type="thread", periodic=False
-        ).run()
-    elif args.command == "enqueue-single":
-        started = time.perf_counter()
-        for n in range(args.jobs):
-            noop(n)
-        emit({"seconds": time.perf_counter() - started})
-    elif args.command in ("enqueue-bulk", "fill"):
-        batch = args.batch if args.command == "enqueue-bulk" else 1000
-        first = getattr(args, "first", 0)
-        started = time.perf_counter()
-        for start in range(first, first + args.jobs, batch):
-            noop.map(range(start, min(first + args.jobs, start + batch)))
-        emit({"seconds": time.perf_counter() - started, "batch": batch})
-    elif args.command == "wakeup":
-        noop(WARMUP)
-        wait_for_warmup()
-        time.sleep(1.0)
-        sent: dict[int, float] = {}
-        delay = pace(args.jobs, args.interval)
-        for n in range(args.jobs):
-            time.sleep(delay(n))
-            sent[n] = time.time()
-            noop(n)
-        _write_sent(sent)
+def worker(concurrency: int | None) -> None:
+    huey.create_consumer(workers=concurrency or WORKERS, worker_type="thread", periodic=False).run()
+
+
+def enqueue(n: int) -> None:
+    noop(n)
+
+
+def enqueue_batch(numbers: range) -> None:
+    noop.map(numbers)
 
 
 if __name__ == "__main__":
-    main()
+    main(
+        Library(
+            name="Huey",
+            config=config,
+            worker=worker,
+            enqueue=enqueue,
+            enqueue_batch=enqueue_batch,
+            setup=huey.storage.flush_queue,
+        ),
+        __doc__ or "",
+    )

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pgqueuer
-from _common import URL, WARMUP, emit, pace, parser, quiet_logging, record, wait_for_warmup
-from _common import write_sent as _write_sent
+from _common import URL, Library, main, quiet_logging, record
 from pgqueuer import PgQueuer
 from pgqueuer.db import AsyncpgDriver
 from pgqueuer.models import Job
@@ -57,62 +55,61 @@ async def factory() -> AsyncIterator[PgQueuer]:
         await connection.close()
 
 
-async def queries() -> tuple[asyncpg.Connection, Queries]:
+#: The enqueuing side's queries, open while a command runs.
+_queries: list[Queries] = []
+
+
+@contextlib.asynccontextmanager
+async def session() -> AsyncIterator[None]:
     connection = await asyncpg.connect(URL)
-    return connection, Queries(AsyncpgDriver(connection))
-
-
-async def main() -> None:
-    args = parser(__doc__ or "").parse_args()
-    quiet_logging()
-    if args.command == "config":
-        emit(config())
-        return
-    if args.command == "worker":
-        # ``pgqueuer.run`` is ``pgq run`` without the CLI (whose option parsing fails with the
-        # typer release pinned here); the CLI runs it under uvloop, and so does main() below.
-        await pgqueuer.run(factory)
-        return
-    connection, q = await queries()
+    _queries.append(Queries(AsyncpgDriver(connection)))
     try:
-        if args.command == "setup":
-            await q.install()
-        elif args.command == "enqueue-single":
-            started = time.perf_counter()
-            for n in range(args.jobs):
-                await q.enqueue(ENTRYPOINT, str(n).encode())
-            emit({"seconds": time.perf_counter() - started})
-        elif args.command in ("enqueue-bulk", "fill"):
-            batch = args.batch if args.command == "enqueue-bulk" else 1000
-            first = getattr(args, "first", 0)
-            started = time.perf_counter()
-            for start in range(first, first + args.jobs, batch):
-                numbers = range(start, min(first + args.jobs, start + batch))
-                await q.enqueue(
-                    [ENTRYPOINT] * len(numbers),
-                    [str(n).encode() for n in numbers],
-                    [0] * len(numbers),
-                )
-            emit({"seconds": time.perf_counter() - started, "batch": batch})
-        elif args.command == "wakeup":
-            await q.enqueue(ENTRYPOINT, str(WARMUP).encode())
-            await asyncio.to_thread(wait_for_warmup)
-            await asyncio.sleep(1.0)
-            sent: dict[int, float] = {}
-            delay = pace(args.jobs, args.interval)
-            for n in range(args.jobs):
-                await asyncio.sleep(delay(n))
-                sent[n] = time.time()
-                await q.enqueue(ENTRYPOINT, str(n).encode())
-            _write_sent(sent)
+        yield
     finally:
         await connection.close()
 
 
-if __name__ == "__main__":
+async def setup() -> None:
+    await _queries[0].install()
+
+
+async def enqueue(n: int) -> None:
+    await _queries[0].enqueue(ENTRYPOINT, str(n).encode())
+
+
+async def enqueue_batch(numbers: range) -> None:
+    await _queries[0].enqueue(
+        [ENTRYPOINT] * len(numbers), [str(n).encode() for n in numbers], [0] * len(numbers)
+    )
+
+
+def run(command: Any) -> None:
+    """Under uvloop, as the ``pgq`` command runs."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(main())
+        asyncio.run(command())
     else:
-        uvloop.run(main())
+        uvloop.run(command())
+
+
+def worker(concurrency: int | None) -> None:
+    # ``pgqueuer.run`` is ``pgq run`` without the CLI (whose option parsing fails with the
+    # typer release pinned here).
+    run(lambda: pgqueuer.run(factory))
+
+
+if __name__ == "__main__":
+    main(
+        Library(
+            name="PgQueuer",
+            config=config,
+            worker=worker,
+            enqueue=enqueue,
+            enqueue_batch=enqueue_batch,
+            setup=setup,
+            session=session,
+            run=run,
+        ),
+        __doc__ or "",
+    )

@@ -9,12 +9,10 @@ a batch, ``batch_defer_async``; the schema applied with ``apply_schema_async``.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import procrastinate
-from _common import URL, WARMUP, emit, pace, parser, quiet_logging, record, wait_for_warmup
-from _common import write_sent as _write_sent
+from _common import URL, Library, main, record
 
 CONCURRENCY = 10
 
@@ -41,44 +39,32 @@ def config() -> dict[str, Any]:
     }
 
 
-async def main() -> None:
-    args = parser(__doc__ or "").parse_args()
-    quiet_logging()
-    if args.command == "config":
-        emit(config())
-        return
-    async with app.open_async():
-        if args.command == "setup":
-            await app.schema_manager.apply_schema_async()
-        elif args.command == "worker":
-            await app.run_worker_async(
-                queues=["bench"], concurrency=args.concurrency or CONCURRENCY
-            )
-        elif args.command == "enqueue-single":
-            started = time.perf_counter()
-            for n in range(args.jobs):
-                await noop.defer_async(n=n)
-            emit({"seconds": time.perf_counter() - started})
-        elif args.command in ("enqueue-bulk", "fill"):
-            batch = args.batch if args.command == "enqueue-bulk" else 1000
-            first = getattr(args, "first", 0)
-            started = time.perf_counter()
-            for start in range(first, first + args.jobs, batch):
-                numbers = range(start, min(first + args.jobs, start + batch))
-                await noop.batch_defer_async(*({"n": n} for n in numbers))
-            emit({"seconds": time.perf_counter() - started, "batch": batch})
-        elif args.command == "wakeup":
-            await noop.defer_async(n=WARMUP)
-            await asyncio.to_thread(wait_for_warmup)
-            await asyncio.sleep(1.0)
-            sent: dict[int, float] = {}
-            delay = pace(args.jobs, args.interval)
-            for n in range(args.jobs):
-                await asyncio.sleep(delay(n))
-                sent[n] = time.time()
-                await noop.defer_async(n=n)
-            _write_sent(sent)
+async def enqueue(n: int) -> None:
+    await noop.defer_async(n=n)
+
+
+async def enqueue_batch(numbers: range) -> None:
+    await noop.batch_defer_async(*({"n": n} for n in numbers))
+
+
+def worker(concurrency: int | None) -> None:
+    async def run() -> None:
+        async with app.open_async():
+            await app.run_worker_async(queues=["bench"], concurrency=concurrency or CONCURRENCY)
+
+    asyncio.run(run())
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main(
+        Library(
+            name="Procrastinate",
+            config=config,
+            worker=worker,
+            enqueue=enqueue,
+            enqueue_batch=enqueue_batch,
+            setup=app.schema_manager.apply_schema_async,
+            session=app.open_async,
+        ),
+        __doc__ or "",
+    )

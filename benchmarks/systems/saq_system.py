@@ -10,11 +10,11 @@ Configured as its README recommends: an ``async def`` function taking ``ctx``, a
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
-from _common import URL, WARMUP, emit, pace, parser, quiet_logging, record, wait_for_warmup
-from _common import write_sent as _write_sent
+from _common import URL, Library, main, record
 from saq import Queue, Worker
 
 CONCURRENCY = 10
@@ -39,48 +39,50 @@ def config() -> dict[str, Any]:
     }
 
 
-async def main() -> None:
-    args = parser(__doc__ or "").parse_args()
-    quiet_logging()
-    if args.command == "config":
-        emit(config())
-        return
+#: The enqueuing side's queue, connected while a command runs.
+_queue: list[Queue] = []
+
+
+@contextlib.asynccontextmanager
+async def session() -> AsyncIterator[None]:
     queue = Queue.from_url(URL)
-    if args.command == "worker":
-        worker = Worker(queue, functions=[noop], concurrency=args.concurrency or CONCURRENCY)
-        await queue.connect()  # as the `saq` command does before it starts a worker
-        await worker.start()
-        return
-    await queue.connect()
+    await queue.connect()  # creates what it needs: setup has nothing left to do
+    _queue.append(queue)
     try:
-        if args.command == "setup":
-            pass  # connect() creates what it needs
-        elif args.command == "enqueue-single":
-            started = time.perf_counter()
-            for n in range(args.jobs):
-                await queue.enqueue("noop", n=n)
-            emit({"seconds": time.perf_counter() - started})
-        elif args.command == "fill":
-            # Untimed: many enqueues in flight at once, which is what Queue.map does.
-            for start in range(args.first, args.first + args.jobs, 100):
-                numbers = range(start, min(args.first + args.jobs, start + 100))
-                await asyncio.gather(*(queue.enqueue("noop", n=n) for n in numbers))
-        elif args.command == "wakeup":
-            await queue.enqueue("noop", n=WARMUP)
-            await asyncio.to_thread(wait_for_warmup)
-            await asyncio.sleep(1.0)
-            sent: dict[int, float] = {}
-            delay = pace(args.jobs, args.interval)
-            for n in range(args.jobs):
-                await asyncio.sleep(delay(n))
-                sent[n] = time.time()
-                await queue.enqueue("noop", n=n)
-            _write_sent(sent)
-        else:
-            raise SystemExit(f"{args.command}: not supported by SAQ")
+        yield
     finally:
         await queue.disconnect()
 
 
+async def enqueue(n: int) -> None:
+    await _queue[0].enqueue("noop", n=n)
+
+
+async def fill_batch(numbers: range) -> None:
+    """Many enqueues in flight at once (untimed), which is what ``Queue.map`` does."""
+    await asyncio.gather(*(_queue[0].enqueue("noop", n=n) for n in numbers))
+
+
+def worker(concurrency: int | None) -> None:
+    async def run() -> None:
+        queue = Queue.from_url(URL)
+        worker = Worker(queue, functions=[noop], concurrency=concurrency or CONCURRENCY)
+        await queue.connect()  # as the `saq` command does before it starts a worker
+        await worker.start()
+
+    asyncio.run(run())
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    main(
+        Library(
+            name="SAQ",
+            config=config,
+            worker=worker,
+            enqueue=enqueue,
+            fill_batch=fill_batch,
+            fill_size=100,
+            session=session,
+        ),
+        __doc__ or "",
+    )

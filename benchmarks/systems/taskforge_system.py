@@ -9,14 +9,14 @@ every other setting at its default (SQLite ``synchronous=normal``, PostgreSQL
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-from _common import URL, WARMUP, emit, pace, parser, quiet_logging, record, wait_for_warmup
-from _common import write_sent as _write_sent
+from _common import URL, Library, main, record
 
 from taskforge_core import TaskForge, Worker
 from taskforge_core.cli import loop_options
@@ -60,63 +60,44 @@ def config() -> dict[str, Any]:
     }
 
 
+async def enqueue_batch(numbers: range) -> None:
+    await noop.enqueue_many([(n,) for n in numbers])
+
+
 async def setup() -> None:
     await app.storage()  # migrates
 
 
-async def enqueue_single(jobs: int) -> dict[str, Any]:
-    started = time.perf_counter()
-    for n in range(jobs):
-        await noop.enqueue(n)
-    return {"seconds": time.perf_counter() - started}
-
-
-async def enqueue_bulk(jobs: int, batch: int, first: int = 0) -> dict[str, Any]:
-    started = time.perf_counter()
-    for start in range(first, first + jobs, batch):
-        await noop.enqueue_many([(n,) for n in range(start, min(first + jobs, start + batch))])
-    return {"seconds": time.perf_counter() - started, "batch": batch}
-
-
-async def worker(concurrency: int) -> None:
-    await Worker(app, [QUEUE], concurrency=concurrency).run(handle_signals=True)
-
-
-async def wakeup(jobs: int, interval: float) -> None:
-    await noop.enqueue(WARMUP)
-    await anyio.to_thread.run_sync(wait_for_warmup)
-    await anyio.sleep(1.0)  # let the worker go idle
-    sent: dict[int, float] = {}
-    delay = pace(jobs, interval)
-    for n in range(jobs):
-        await anyio.sleep(delay(n))
-        sent[n] = time.time()
-        await noop.enqueue(n)
-    _write_sent(sent)
-
-
-async def main() -> None:
-    args = parser(__doc__ or "").parse_args()
-    quiet_logging()
+@contextlib.asynccontextmanager
+async def session() -> AsyncIterator[None]:
     try:
-        if args.command == "config":
-            emit(config())
-        elif args.command == "setup":
-            await setup()
-        elif args.command == "enqueue-single":
-            emit(await enqueue_single(args.jobs))
-        elif args.command == "enqueue-bulk":
-            emit(await enqueue_bulk(args.jobs, args.batch))
-        elif args.command == "fill":
-            await enqueue_bulk(args.jobs, 1000, args.first)
-        elif args.command == "worker":
-            await worker(args.concurrency or CONCURRENCY)
-        elif args.command == "wakeup":
-            await wakeup(args.jobs, args.interval)
+        yield
     finally:
         await app.close()
 
 
+def worker(concurrency: int | None) -> None:
+    async def run() -> None:
+        async with app:
+            await Worker(app, [QUEUE], concurrency=concurrency or CONCURRENCY).run(
+                handle_signals=True
+            )
+
+    anyio.run(run, backend_options=LOOP)
+
+
 if __name__ == "__main__":
-    anyio.run(main, backend_options=LOOP)
+    main(
+        Library(
+            name="TaskForge",
+            config=config,
+            worker=worker,
+            enqueue=noop.enqueue,
+            enqueue_batch=enqueue_batch,
+            setup=setup,
+            session=session,
+            run=lambda command: anyio.run(command, backend_options=LOOP),
+        ),
+        __doc__ or "",
+    )
     sys.exit(0)

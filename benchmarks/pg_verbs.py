@@ -1,0 +1,115 @@
+"""The PostgreSQL server's cost of the drain's two statements, without a worker around them.
+
+    .venv/bin/python benchmarks/pg_verbs.py --postgres postgresql://postgres@127.0.0.1:5432/postgres
+
+Fills a fresh database with ``--jobs`` jobs, then claims them ``--batch`` at a time and
+completes each batch, one statement after the other on one connection (prepared, as the
+backend runs them), and prints the wall time per call and the server process's CPU time per
+job (read from ``/proc``, so Linux only, with the server on this machine). The drain's own
+rate also depends on the worker; this isolates what a change to the SQL or the schema saves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import pathlib
+import secrets
+import time
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from taskforge_backends.postgres._sql import queries
+from taskforge_core import TaskForge
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid``."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
+
+
+async def _fill(url: str, jobs: int) -> None:
+    app = TaskForge(url)
+
+    @app.task(name="bench.noop", queue="bench")
+    async def noop(n: int) -> None:
+        return None
+
+    async with app:
+        for start in range(0, jobs, 1000):
+            await noop.enqueue_many([(n,) for n in range(start, min(jobs, start + 1000))])
+
+
+async def measure(admin_url: str, jobs: int, batch: int) -> dict[str, float]:
+    name = f"tfverbs_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(admin_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = _with_database(admin_url, name)
+        await _fill(url, jobs)
+        conn = await asyncpg.connect(url, server_settings={"jit": "off"})
+        try:
+            await conn.execute("VACUUM ANALYZE taskforge.jobs")
+            claim = await conn.prepare(queries()["claim_one_queue"])
+            complete = await conn.prepare(queries()["complete"])
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+            worker, lease = uuid.uuid4(), dt.timedelta(seconds=30)
+            claiming = completing = 0.0
+            calls = 0
+            cpu = _cpu_seconds(pid)
+            while True:
+                started = time.perf_counter()
+                rows = await claim.fetch(None, "default", worker, lease, batch, "bench")
+                claiming += time.perf_counter() - started
+                if not rows:
+                    break
+                started = time.perf_counter()
+                await complete.fetch(
+                    None,
+                    [r["id"] for r in rows],
+                    [r["execution_id"] for r in rows],
+                    ["null"] * len(rows),
+                )
+                completing += time.perf_counter() - started
+                calls += 1
+            cpu = _cpu_seconds(pid) - cpu
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+    return {
+        "claim_ms_per_call": claiming / calls * 1000,
+        "complete_ms_per_call": completing / calls * 1000,
+        "server_cpu_us_per_job": cpu / jobs * 1e6,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    p.add_argument("--jobs", type=int, default=20_000)
+    p.add_argument("--batch", type=int, default=100)
+    args = p.parse_args()
+    result = asyncio.run(measure(args.postgres, args.jobs, args.batch))
+    print(
+        f"batch {args.batch}: claim {result['claim_ms_per_call']:.2f} ms, "
+        f"complete {result['complete_ms_per_call']:.2f} ms per call; "
+        f"server CPU {result['server_cpu_us_per_job']:.1f} µs per job"
+    )
+
+
+if __name__ == "__main__":
+    main()
