@@ -42,6 +42,7 @@ from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 import anyio
 import anyio.to_thread
 
+from taskforge_backends.sqlite._checkpoint import FALLBACK_PAGES, Checkpointer
 from taskforge_backends.sqlite._inotify import WalWatch, open_wal_watch
 from taskforge_backends.sqlite._migrations import apply_migrations
 from taskforge_backends.sqlite._url import SQLiteSettings, parse_url
@@ -810,6 +811,7 @@ class SQLiteStorage:
         self._version_conn: sqlite3.Connection | None = None
         self._wal_watch: WalWatch | None = None
         self._wal_lock: anyio.Lock | None = None
+        self._checkpointer: Checkpointer | None = None
         capabilities = {Capability.LOCAL_WAKEUP, Capability.INJECTABLE_CLOCK, Capability.PRUNE}
         if not in_memory:
             capabilities |= {
@@ -907,6 +909,9 @@ class SQLiteStorage:
             conn.execute(f"PRAGMA busy_timeout = {int(settings.busy_timeout * 1000)}")
             if not settings.in_memory:
                 _enable_wal(conn, settings.busy_timeout)
+                # WAL checkpoints run in a thread of their own (see _checkpoint); this one only
+                # if that thread ever falls behind.
+                conn.execute(f"PRAGMA wal_autocheckpoint = {FALLBACK_PAGES}")
             conn.execute(f"PRAGMA synchronous = {settings.synchronous.upper()}")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA temp_store = MEMORY")
@@ -951,6 +956,8 @@ class SQLiteStorage:
         self._conn, self._limiter = conn, limiter
         if not self._settings.in_memory:
             self._wal_lock = anyio.Lock()
+            self._checkpointer = Checkpointer(self._settings.path)
+            self._checkpointer.start()
         if self._config.auto_migrate:
             try:
                 await self.migrate()
@@ -974,6 +981,10 @@ class SQLiteStorage:
             with anyio.CancelScope(shield=True):
                 await wal_watch.aclose()
         self._hub.notify()  # waiters of this storage return now, not at their next poll
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(checkpointer.stop)
 
         # No ``PRAGMA optimize`` here: statistics change query plans, and the plans this
         # backend relies on are the ones tested without them (see _CLAIMABLE).

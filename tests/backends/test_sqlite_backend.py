@@ -314,6 +314,43 @@ def test_claim_reads_only_the_head_of_a_queue_even_with_statistics(
 
 
 # ---------------------------------------------------------------------------------------------
+# WAL checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def checkpoint_threads(path: object) -> list[threading.Thread]:
+    """The checkpoint threads of the database at ``path`` alive now."""
+    name = f"taskforge-sqlite-checkpoint {path}"
+    return [t for t in threading.enumerate() if t.name == name]
+
+
+@pytest.mark.anyio
+async def test_the_wal_is_checkpointed_in_the_background_not_by_a_commit(
+    db_path: pathlib.Path,
+) -> None:
+    """No commit here takes the WAL near the storage's own automatic threshold, so only the
+    checkpoint thread can copy the log into the database file while the storage is open."""
+    async with SQLiteStorage(file_url(db_path)) as storage:
+        assert len(checkpoint_threads(db_path)) == 1
+        await storage.enqueue([new() for _ in range(300)])
+        database = anyio.Path(db_path)
+        before = (await database.stat()).st_size
+        with anyio.fail_after(10):
+            while True:
+                if (await database.stat()).st_size > before:
+                    break
+                await anyio.sleep(0.05)
+    assert checkpoint_threads(db_path) == []  # stopped by close()
+
+
+@pytest.mark.anyio
+async def test_an_in_memory_storage_has_no_checkpoint_thread() -> None:
+    async with SQLiteStorage("sqlite:///:memory:") as storage:
+        await storage.enqueue([new()])
+        assert checkpoint_threads(":memory:") == []
+
+
+# ---------------------------------------------------------------------------------------------
 # Wake-ups
 # ---------------------------------------------------------------------------------------------
 
