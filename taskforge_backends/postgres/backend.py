@@ -650,8 +650,9 @@ class PostgresStorage:
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise self._error(exc) from exc
         self._pool = pool
+        # LISTEN starts at the first wait_for_jobs: a process that only enqueues (a web app)
+        # never receives the notifications of every enqueue in the cluster.
         self._listener = Listener(self._connect, settings.poll_interval)
-        self._listener.ensure()
         if self._config.auto_migrate:
             try:
                 await self.migrate()

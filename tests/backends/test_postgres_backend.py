@@ -779,6 +779,31 @@ async def test_wait_polls_while_the_listener_is_down_and_listens_again(url: str)
         assert await wait_while(storage, ["default"], act) < 2
 
 
+@pytest.mark.anyio
+async def test_a_storage_listens_only_once_something_waits(url: str) -> None:
+    """A process that only enqueues (a web app) must not receive every notification of the
+    cluster: the LISTEN session starts at the first wait."""
+    name = f"tf-lazy-{secrets.token_hex(3)}"
+
+    async def listen_sessions() -> int:
+        conn = await asyncpg.connect(url)
+        try:
+            count = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE application_name = $1 AND query ILIKE 'LISTEN%'",
+                name,
+            )
+        finally:
+            await conn.close()
+        return int(count)
+
+    async with PostgresStorage(f"{url}?application_name={name}") as storage:
+        await storage.enqueue([new() for _ in range(3)])
+        assert await listen_sessions() == 0
+        await listening(storage)
+        assert await listen_sessions() == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # Enqueue inside the application's transaction
 # ---------------------------------------------------------------------------------------------
