@@ -7,6 +7,8 @@ completes each batch, one statement after the other on one connection (prepared,
 backend runs them), and prints the wall time per call and the server process's CPU time per
 job (read from ``/proc``, so Linux only, with the server on this machine). The drain's own
 rate also depends on the worker; this isolates what a change to the SQL or the schema saves.
+``--held N`` first claims N more jobs for another worker and leaves them processing, as the
+other workers of a fleet do (a statement that scans processing jobs pays for them).
 """
 
 from __future__ import annotations
@@ -52,13 +54,13 @@ async def _fill(url: str, jobs: int) -> None:
             await noop.enqueue_many([(n,) for n in range(start, min(jobs, start + 1000))])
 
 
-async def measure(admin_url: str, jobs: int, batch: int) -> dict[str, float]:
+async def measure(admin_url: str, jobs: int, batch: int, held: int = 0) -> dict[str, float]:
     name = f"tfverbs_{secrets.token_hex(4)}"
     admin = await asyncpg.connect(admin_url)
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
         url = _with_database(admin_url, name)
-        await _fill(url, jobs)
+        await _fill(url, jobs + held)
         conn = await asyncpg.connect(url, server_settings={"jit": "off"})
         try:
             await conn.execute("VACUUM ANALYZE taskforge.jobs")
@@ -66,6 +68,8 @@ async def measure(admin_url: str, jobs: int, batch: int) -> dict[str, float]:
             complete = await conn.prepare(queries()["complete"])
             pid = await conn.fetchval("SELECT pg_backend_pid()")
             worker, lease = uuid.uuid4(), dt.timedelta(seconds=30)
+            if held:
+                await claim.fetch(None, "default", uuid.uuid4(), lease, held, "bench")
             claiming = completing = 0.0
             calls = 0
             cpu = _cpu_seconds(pid)
@@ -102,10 +106,11 @@ def main() -> None:
     p.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
     p.add_argument("--jobs", type=int, default=20_000)
     p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--held", type=int, default=0, help="jobs left processing meanwhile")
     args = p.parse_args()
-    result = asyncio.run(measure(args.postgres, args.jobs, args.batch))
+    result = asyncio.run(measure(args.postgres, args.jobs, args.batch, args.held))
     print(
-        f"batch {args.batch}: claim {result['claim_ms_per_call']:.2f} ms, "
+        f"batch {args.batch}, {args.held} held: claim {result['claim_ms_per_call']:.2f} ms, "
         f"complete {result['complete_ms_per_call']:.2f} ms per call; "
         f"server CPU {result['server_cpu_us_per_job']:.1f} µs per job"
     )

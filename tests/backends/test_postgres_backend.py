@@ -47,7 +47,7 @@ from storage_calls import (
 
 from taskforge_backends.postgres import PostgresStorage
 from taskforge_backends.postgres._migrations import apply_migrations, available_migrations
-from taskforge_backends.postgres._sql import parse
+from taskforge_backends.postgres._sql import parse, queries
 from taskforge_backends.postgres._url import parse_url
 from taskforge_core import hookspecs
 from taskforge_core.backends import BackendConfig, create_storage
@@ -192,6 +192,36 @@ async def test_a_claim_from_one_queue_takes_its_best_jobs_whatever_the_quota(
     await storage.set_queue_paused("default", "default", True)
     await storage.enqueue([new()])
     assert await storage.claim(one_share) == []  # a paused queue gives nothing
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("statement", "fields"),
+    [
+        ("complete", "ARRAY['null']"),
+        ("retry", "ARRAY[interval '1s'], ARRAY[NULL::text], ARRAY[true]"),
+        ("fail", "ARRAY[NULL::text]"),
+    ],
+)
+async def test_reports_find_their_jobs_by_id_whatever_else_is_processing(
+    storage: PostgresStorage, url: str, statement: str, fields: str
+) -> None:
+    """A fleet keeps many jobs processing: a report must look up its own jobs, not scan every
+    processing job (which a generic plan did when the lookup also tested the status)."""
+    await storage.enqueue([new() for _ in range(5000)])
+    await execute(url, "ANALYZE taskforge.jobs")  # statistics: nothing processing
+    await storage.claim(claim_request(limit=200))
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await conn.execute(f"PREPARE report AS {queries()[statement]}")
+        one = "ARRAY[gen_random_uuid()]"  # a report of one job (ids, execution ids, fields)
+        rows = await conn.fetch(f"EXPLAIN EXECUTE report(NULL, {one}, {one}, {fields})")
+        plan = "\n".join(row[0] for row in rows)
+    finally:
+        await conn.close()
+    assert "jobs_lease" not in plan
+    assert "Index Cond: (id = ANY ($2))" in plan
 
 
 def test_url_parameters_set_the_pool_and_pass_libpq_ones_through() -> None:

@@ -456,14 +456,16 @@ report AS (
     SELECT * FROM unnest($2::uuid[], $3::uuid[], $4::text[])
                   WITH ORDINALITY AS r(job_id, execution_id, result, ord)
 ),
--- The reported jobs that are processing, locked in id order, each with its children_version
--- as locked (the latest committed) and as this statement's snapshot sees it (`seen`, read by
--- the non-locking sub-select).
+-- The reported jobs, locked in id order, each with its children_version as locked (the latest
+-- committed) and as this statement's snapshot sees it (`seen`, read by the non-locking
+-- sub-select). Found by primary key alone: with `status = 'processing'` here, a generic plan
+-- scanned every processing job (jobs_lease) against the report, quadratic in a busy fleet;
+-- winner checks the status of the locked (latest) row instead.
 target AS MATERIALIZED (
-    SELECT j.id, j.execution_id, j.children_version,
+    SELECT j.id, j.status, j.execution_id, j.children_version,
            (SELECT s.children_version FROM taskforge.jobs s WHERE s.id = j.id) AS seen
     FROM taskforge.jobs j
-    WHERE j.id IN (SELECT job_id FROM report) AND j.status = 'processing'
+    WHERE j.id = ANY($2::uuid[])
     ORDER BY j.id
     FOR NO KEY UPDATE
 ),
@@ -474,7 +476,8 @@ winner AS (
     SELECT DISTINCT ON (r.job_id) r.job_id, r.ord, r.result,
            t.children_version <> t.seen AS stale
     FROM report r
-    JOIN target t ON t.id = r.job_id AND t.execution_id = r.execution_id
+    JOIN target t
+      ON t.id = r.job_id AND t.execution_id = r.execution_id AND t.status = 'processing'
     ORDER BY r.job_id, r.ord
 ),
 -- NULL, or raises (see the guard of enqueue for why the call sits in a CASE).
@@ -546,17 +549,19 @@ report AS (
     SELECT * FROM unnest($2::uuid[], $3::uuid[], $4::interval[], $5::text[], $6::boolean[])
                   WITH ORDINALITY AS r(job_id, execution_id, shift, error, consume, ord)
 ),
+-- The reported jobs, locked in id order by primary key (see complete).
 target AS MATERIALIZED (
-    SELECT j.id, j.execution_id
+    SELECT j.id, j.status, j.execution_id
     FROM taskforge.jobs j
-    WHERE j.id IN (SELECT job_id FROM report) AND j.status = 'processing'
+    WHERE j.id = ANY($2::uuid[])
     ORDER BY j.id
     FOR NO KEY UPDATE
 ),
 winner AS (
     SELECT DISTINCT ON (r.job_id) r.*
     FROM report r
-    JOIN target t ON t.id = r.job_id AND t.execution_id = r.execution_id
+    JOIN target t
+      ON t.id = r.job_id AND t.execution_id = r.execution_id AND t.status = 'processing'
     ORDER BY r.job_id, r.ord
 ),
 moved AS (
@@ -602,14 +607,16 @@ report AS (
     SELECT * FROM unnest($2::uuid[], $3::uuid[], $4::text[])
                   WITH ORDINALITY AS r(job_id, execution_id, error, ord)
 ),
--- The reported jobs that are processing, locked in id order, each with its children_version
--- as locked (the latest committed) and as this statement's snapshot sees it (`seen`, read by
--- the non-locking sub-select).
+-- The reported jobs, locked in id order, each with its children_version as locked (the latest
+-- committed) and as this statement's snapshot sees it (`seen`, read by the non-locking
+-- sub-select). Found by primary key alone: with `status = 'processing'` here, a generic plan
+-- scanned every processing job (jobs_lease) against the report, quadratic in a busy fleet;
+-- winner checks the status of the locked (latest) row instead.
 target AS MATERIALIZED (
-    SELECT j.id, j.execution_id, j.children_version,
+    SELECT j.id, j.status, j.execution_id, j.children_version,
            (SELECT s.children_version FROM taskforge.jobs s WHERE s.id = j.id) AS seen
     FROM taskforge.jobs j
-    WHERE j.id IN (SELECT job_id FROM report) AND j.status = 'processing'
+    WHERE j.id = ANY($2::uuid[])
     ORDER BY j.id
     FOR NO KEY UPDATE
 ),
@@ -618,7 +625,8 @@ winner AS (
     SELECT DISTINCT ON (r.job_id) r.job_id, r.ord, r.error,
            t.children_version <> t.seen AS stale
     FROM report r
-    JOIN target t ON t.id = r.job_id AND t.execution_id = r.execution_id
+    JOIN target t
+      ON t.id = r.job_id AND t.execution_id = r.execution_id AND t.status = 'processing'
     ORDER BY r.job_id, r.ord
 ),
 descendant (id) AS (
