@@ -1,4 +1,5 @@
-"""The PostgreSQL server's cost of the drain's two statements, without a worker around them.
+"""The PostgreSQL server's cost of the drain's two statements, without a worker around them,
+and (``--enqueue``) the split of an enqueue's cost between the client and the server.
 
     .venv/bin/python benchmarks/pg_verbs.py --postgres postgresql://postgres@127.0.0.1:5432/postgres
 
@@ -9,6 +10,10 @@ job (read from ``/proc``, so Linux only, with the server on this machine). The d
 rate also depends on the worker; this isolates what a change to the SQL or the schema saves.
 ``--held N`` first claims N more jobs for another worker and leaves them processing, as the
 other workers of a fleet do (a statement that scans processing jobs pays for them).
+
+``--enqueue`` instead enqueues ``--jobs`` jobs through the API, ``--batch`` per
+``enqueue_many`` call (1: ``enqueue``), and prints the rate with the CPU time per job of this
+process (the client) and of the database's server processes.
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ import pathlib
 import secrets
 import time
 import uuid
+from collections.abc import Coroutine
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from taskforge_backends.postgres._sql import queries
-from taskforge_core import TaskForge
+from taskforge_core import Task, TaskForge
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -42,16 +49,56 @@ def _with_database(url: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
 
 
-async def _fill(url: str, jobs: int) -> None:
+def _app(url: str) -> tuple[TaskForge, Task[[int], Coroutine[Any, Any, None]]]:
     app = TaskForge(url)
 
     @app.task(name="bench.noop", queue="bench")
     async def noop(n: int) -> None:
         return None
 
+    return app, noop
+
+
+async def _fill(url: str, jobs: int) -> None:
+    app, noop = _app(url)
     async with app:
         for start in range(0, jobs, 1000):
             await noop.enqueue_many([(n,) for n in range(start, min(jobs, start + 1000))])
+
+
+async def measure_enqueue(admin_url: str, jobs: int, batch: int) -> dict[str, float]:
+    name = f"tfverbs_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(admin_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        app, noop = _app(_with_database(admin_url, name))
+        async with app:
+            await noop.enqueue_many([(n,) for n in range(batch)])  # migrated, queue cached
+            pids = [
+                row[0]
+                for row in await admin.fetch(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = $1", name
+                )
+            ]
+            server, client = sum(map(_cpu_seconds, pids)), time.process_time()
+            started = time.perf_counter()
+            for start in range(0, jobs, batch):
+                if batch == 1:
+                    await noop.enqueue(start)
+                else:
+                    await noop.enqueue_many([(n,) for n in range(start, start + batch)])
+            wall = time.perf_counter() - started
+            client = time.process_time() - client
+            server = sum(map(_cpu_seconds, pids)) - server
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+    return {
+        "jobs_per_second": jobs / wall,
+        "wall_us_per_job": wall / jobs * 1e6,
+        "client_cpu_us_per_job": client / jobs * 1e6,
+        "server_cpu_us_per_job": server / jobs * 1e6,
+    }
 
 
 async def measure(admin_url: str, jobs: int, batch: int, held: int = 0) -> dict[str, float]:
@@ -107,7 +154,17 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=20_000)
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--held", type=int, default=0, help="jobs left processing meanwhile")
+    p.add_argument("--enqueue", action="store_true", help="measure enqueue instead")
     args = p.parse_args()
+    if args.enqueue:
+        cost = asyncio.run(measure_enqueue(args.postgres, args.jobs, args.batch))
+        print(
+            f"enqueue, batch {args.batch}: {cost['jobs_per_second']:,.0f} jobs/s; per job: "
+            f"wall {cost['wall_us_per_job']:.1f} µs, client CPU "
+            f"{cost['client_cpu_us_per_job']:.1f} µs, server CPU "
+            f"{cost['server_cpu_us_per_job']:.1f} µs"
+        )
+        return
     result = asyncio.run(measure(args.postgres, args.jobs, args.batch, args.held))
     print(
         f"batch {args.batch}, {args.held} held: claim {result['claim_ms_per_call']:.2f} ms, "
