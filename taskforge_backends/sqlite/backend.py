@@ -150,7 +150,9 @@ def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
 WATCHED_POLL = 1.0
 #: After a write to the WAL, the data version is read at once, then after these pauses: the
 #: commit's last write lands a few microseconds before the WAL index shows it, so first a few
-#: bare turns of the event loop, then a millisecond or five.
+#: bare turns of the event loop, then a millisecond or five. The next write to the WAL ends a
+#: pause early: a write that committed nothing new (this process's own commit, seen late) must
+#: not delay noticing another process's commit that follows it.
 _SETTLE_DELAYS = (0.0,) * 8 + (0.001, 0.005)
 #: Rows :meth:`SQLiteStorage.prune` deletes per write transaction.
 PRUNE_BATCH = 2000
@@ -1930,18 +1932,21 @@ class SQLiteStorage:
             self._hub.notify()
             return
         async with lock:
-            while True:
-                for delay in _SETTLE_DELAYS:
-                    await anyio.sleep(delay)
-                    if self._data_version() != version:
-                        self._hub.notify()
-                        return
-                try:
+            try:
+                while True:
+                    for delay in _SETTLE_DELAYS:
+                        if delay:  # a write meanwhile (another commit) ends the pause at once
+                            with anyio.move_on_after(delay):
+                                await watch.wait()
+                        else:
+                            await anyio.lowlevel.checkpoint()
+                        if self._data_version() != version:
+                            self._hub.notify()
+                            return
                     with anyio.move_on_after(WATCHED_POLL):
                         await watch.wait()
-                except (OSError, RuntimeError, anyio.ClosedResourceError):  # closed meanwhile
-                    self._hub.notify()
-                    return
+            except (OSError, RuntimeError, anyio.ClosedResourceError):  # closed meanwhile
+                self._hub.notify()
 
     def _data_version(self) -> int | None:
         """``PRAGMA data_version`` of the watch connection; None without one (in memory, or

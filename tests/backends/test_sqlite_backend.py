@@ -436,6 +436,26 @@ async def test_wait_notices_a_commit_by_another_process(
 
 
 @pytest.mark.anyio
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify: Linux only")
+async def test_a_commit_during_a_settle_pause_ends_the_pause(
+    db_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch pauses to let a commit it heard become visible; a write that committed
+    nothing new (this process's own commit, heard late) starts such a pause too. Another
+    process's commit during the pause must be noticed at its write, not at the pause's end
+    (a 5 ms pause was most of the cross-process wake-up time). Here the pause is 30 s."""
+    monkeypatch.setattr(sqlite_backend, "_SETTLE_DELAYS", (0.0, 30.0))
+    async with SQLiteStorage(file_url(db_path, "poll_interval=60")) as storage:
+        await timed_wait(storage, ["default"], 0.01)  # the watch exists from here on
+        await storage.enqueue([new()])  # its write is heard by the next wait, which pauses
+
+        async def act() -> None:
+            commit_elsewhere(db_path)
+
+        assert await wait_while(storage, ["default"], act) < 10
+
+
+@pytest.mark.anyio
 async def test_an_idle_waiter_is_not_woken_without_a_commit(db_path: pathlib.Path) -> None:
     """Reads by other connections do not write the WAL: the inotify watch stays quiet."""
     async with SQLiteStorage(file_url(db_path, "poll_interval=30")) as storage:
