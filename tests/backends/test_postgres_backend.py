@@ -194,34 +194,64 @@ async def test_a_claim_from_one_queue_takes_its_best_jobs_whatever_the_quota(
     assert await storage.claim(one_share) == []  # a paused queue gives nothing
 
 
-@pytest.mark.anyio
-@pytest.mark.parametrize(
-    ("statement", "fields"),
-    [
-        ("complete", "ARRAY['null']"),
-        ("retry", "ARRAY[interval '1s'], ARRAY[NULL::text], ARRAY[true]"),
-        ("fail", "ARRAY[NULL::text]"),
-    ],
-)
-async def test_reports_find_their_jobs_by_id_whatever_else_is_processing(
-    storage: PostgresStorage, url: str, statement: str, fields: str
-) -> None:
-    """A fleet keeps many jobs processing: a report must look up its own jobs, not scan every
-    processing job (which a generic plan did when the lookup also tested the status)."""
-    await storage.enqueue([new() for _ in range(5000)])
-    await execute(url, "ANALYZE taskforge.jobs")  # statistics: nothing processing
-    await storage.claim(claim_request(limit=200))
+async def generic_plan(url: str, statement: str, arguments: str) -> str:
+    """EXPLAIN of the backend's ``statement`` as a generic plan (the plan asyncpg's prepared
+    statements may get after five runs, for any arguments), run with SQL ``arguments``."""
     conn = await asyncpg.connect(url)
     try:
         await conn.execute("SET plan_cache_mode = force_generic_plan")
-        await conn.execute(f"PREPARE report AS {queries()[statement]}")
-        one = "ARRAY[gen_random_uuid()]"  # a report of one job (ids, execution ids, fields)
-        rows = await conn.fetch(f"EXPLAIN EXECUTE report(NULL, {one}, {one}, {fields})")
-        plan = "\n".join(row[0] for row in rows)
+        await conn.execute(f"PREPARE probe AS {queries()[statement]}")
+        rows = await conn.fetch(f"EXPLAIN EXECUTE probe({arguments})")
     finally:
         await conn.close()
+    return "\n".join(row[0] for row in rows)
+
+
+async def fleet_like(storage: PostgresStorage, url: str) -> None:
+    """5,000 jobs, 200 of them processing, statistics taken while none was."""
+    await storage.enqueue([new() for _ in range(5000)])
+    await execute(url, "ANALYZE taskforge.jobs")
+    await storage.claim(claim_request(limit=200))
+
+
+#: A report of one job: its id and execution id, as SQL arrays.
+ONE = "NULL, ARRAY[gen_random_uuid()], ARRAY[gen_random_uuid()]"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("statement", "arguments"),
+    [
+        ("complete", f"{ONE}, ARRAY['null']"),
+        ("retry", f"{ONE}, ARRAY[interval '1s'], ARRAY[NULL::text], ARRAY[true]"),
+        ("fail", f"{ONE}, ARRAY[NULL::text]"),
+    ],
+)
+async def test_reports_find_their_jobs_by_id_whatever_else_is_processing(
+    storage: PostgresStorage, url: str, statement: str, arguments: str
+) -> None:
+    """A fleet keeps many jobs processing: a report must look up its own jobs, not scan every
+    processing job (which a generic plan did when the lookup also tested the status)."""
+    await fleet_like(storage, url)
+    plan = await generic_plan(url, statement, arguments)
     assert "jobs_lease" not in plan
     assert "Index Cond: (id = ANY ($2))" in plan
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("statement", "arguments"),
+    [("reclaim", "NULL"), ("cancel", "NULL, ARRAY[gen_random_uuid()], 'default'")],
+)
+async def test_reclaim_and_cancel_never_read_every_job(
+    storage: PostgresStorage, url: str, statement: str, arguments: str
+) -> None:
+    """Every worker reclaims now and then: its generic plan once hash-joined full scans of the
+    jobs table (unknown due time and expired count), and cancel's OR of two IN sub-queries
+    was no index condition at all."""
+    await fleet_like(storage, url)
+    plan = await generic_plan(url, statement, arguments)
+    assert "Seq Scan on jobs " not in plan
 
 
 def test_url_parameters_set_the_pool_and_pass_libpq_ones_through() -> None:

@@ -717,6 +717,10 @@ SELECT (SELECT status FROM beat) AS status, ARRAY(SELECT execution_id FROM exten
 -- pending, or to failed (cancelling its descendants) when it has no attempts left. Runs in a
 -- REPEATABLE READ transaction: if any row it changes was changed by someone else since its
 -- snapshot it fails with serialization_failure and the backend runs it again.
+-- The generic plan knows neither the time nor how many leases expired: the due time is
+-- compared with an expression (not a join with clock), and every later step looks its rows up
+-- by id (= ANY(ARRAY(...))), or it hash-joined full scans of jobs and executions (121 ms in a
+-- 208,000-job database, against 8 ms).
 WITH RECURSIVE
 clock AS (SELECT COALESCE($1::timestamptz, now()) AS now),
 expired AS MATERIALIZED (
@@ -730,8 +734,8 @@ expired AS MATERIALIZED (
                           || COALESCE(j.worker_id::text, 'None')
                           || ' expired before it reported',
                'traceback', '') AS error
-    FROM taskforge.jobs j, clock c
-    WHERE j.status = 'processing' AND j.lease_expires_at < c.now
+    FROM taskforge.jobs j
+    WHERE j.status = 'processing' AND j.lease_expires_at < COALESCE($1::timestamptz, now())
     ORDER BY j.id
     FOR NO KEY UPDATE OF j SKIP LOCKED
 ),
@@ -741,7 +745,7 @@ moved AS (
         finished_at = CASE WHEN e.target = 'failed' THEN c.now END,
         updated_at = c.now, lease_expires_at = NULL
     FROM expired e, clock c
-    WHERE j.id = e.id
+    WHERE j.id = e.id AND j.id = ANY(ARRAY(SELECT id FROM expired))
     RETURNING j.id, j.status, j.queue_id
 ),
 lost AS (
@@ -749,6 +753,7 @@ lost AS (
     SET status = 'lost', finished_at = c.now, error = e.error
     FROM expired e, clock c
     WHERE x.id = e.execution_id AND x.started_at = e.started_at
+      AND x.id = ANY(ARRAY(SELECT execution_id FROM expired))
 ),
 descendant (id) AS (
     SELECT d.job_id FROM taskforge.job_dependencies d
@@ -759,7 +764,7 @@ descendant (id) AS (
 victim AS MATERIALIZED (
     SELECT j.id, j.status, j.execution_id, j.started_at
     FROM taskforge.jobs j
-    WHERE j.id IN (SELECT id FROM descendant)
+    WHERE j.id = ANY(ARRAY(SELECT id FROM descendant))
       AND j.id NOT IN (SELECT id FROM expired)
       AND j.status IN ('pending', 'scheduled', 'blocked', 'processing')
     ORDER BY j.id
@@ -789,7 +794,9 @@ SELECT id FROM moved WHERE (SELECT count(*) FROM notice) >= 0 ORDER BY id;
 -- name: cancel
 -- Cancel the not-final jobs among $2 of project $3 and their not-final descendants; a
 -- running attempt is cancelled too. Returns the ids cancelled: the requested ones in request
--- order, then the descendants by id. REPEATABLE READ, like reclaim.
+-- order, then the descendants by id. REPEATABLE READ, like reclaim. The victims are looked
+-- up by id (= ANY(ARRAY(...))): an OR of two IN sub-queries is no index condition, so each
+-- cancel read every job (100 ms in a 208,000-job database, against 4 ms).
 WITH RECURSIVE
 clock AS (SELECT COALESCE($1::timestamptz, now()) AS now),
 target AS (
@@ -808,7 +815,7 @@ descendant (id) AS (
 victim AS MATERIALIZED (
     SELECT j.id, j.status, j.execution_id, j.started_at
     FROM taskforge.jobs j
-    WHERE (j.id IN (SELECT id FROM target) OR j.id IN (SELECT id FROM descendant))
+    WHERE j.id = ANY(ARRAY(SELECT id FROM target UNION ALL SELECT id FROM descendant))
       AND j.status IN ('pending', 'scheduled', 'blocked', 'processing')
     ORDER BY j.id
     FOR NO KEY UPDATE
