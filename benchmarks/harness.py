@@ -141,7 +141,8 @@ def ensure_venv(name: str) -> pathlib.Path:
     return target
 
 
-def _with_database(url: str, name: str) -> str:
+def with_database(url: str, name: str) -> str:
+    """``url`` naming database ``name`` instead of its own."""
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
 
@@ -172,7 +173,7 @@ def store(system: System, settings: Settings, workdir: pathlib.Path) -> Iterator
         name = f"tfbench_{secrets.token_hex(4)}"
         asyncio.run(_pg_admin(settings.postgres, f'CREATE DATABASE "{name}"'))
         try:
-            yield _tf_url(_with_database(settings.postgres, name), system, settings)
+            yield _tf_url(with_database(settings.postgres, name), system, settings)
         finally:
             asyncio.run(_pg_admin(settings.postgres, f'DROP DATABASE "{name}" WITH (FORCE)'))
     else:

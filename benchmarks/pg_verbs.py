@@ -28,9 +28,9 @@ import time
 import uuid
 from collections.abc import Coroutine
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from harness import with_database
 
 from taskforge_backends.postgres._sql import queries
 from taskforge_core import Task, TaskForge
@@ -42,11 +42,6 @@ def _cpu_seconds(pid: int) -> float:
     """User plus system CPU time of process ``pid``."""
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICK
-
-
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
 
 
 def _app(url: str) -> tuple[TaskForge, Task[[int], Coroutine[Any, Any, None]]]:
@@ -71,7 +66,7 @@ async def measure_enqueue(admin_url: str, jobs: int, batch: int) -> dict[str, fl
     admin = await asyncpg.connect(admin_url)
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        app, noop = _app(_with_database(admin_url, name))
+        app, noop = _app(with_database(admin_url, name))
         async with app:
             await noop.enqueue_many([(n,) for n in range(batch)])  # migrated, queue cached
             pids = [
@@ -106,7 +101,7 @@ async def measure(admin_url: str, jobs: int, batch: int, held: int = 0) -> dict[
     admin = await asyncpg.connect(admin_url)
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        url = _with_database(admin_url, name)
+        url = with_database(admin_url, name)
         await _fill(url, jobs + held)
         conn = await asyncpg.connect(url, server_settings={"jit": "off"})
         try:

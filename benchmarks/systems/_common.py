@@ -135,8 +135,8 @@ async def _no_session() -> AsyncIterator[None]:
 class Library:
     """One system's own calls, which :func:`main` runs the commands with.
 
-    ``enqueue``, ``enqueue_batch``, ``fill_batch`` and ``setup`` may be plain functions or
-    ``async def`` ones.
+    ``enqueue``, ``enqueue_batch`` and ``setup`` may be plain functions or ``async def``
+    ones.
     """
 
     #: The system's name, for error messages.
@@ -149,10 +149,11 @@ class Library:
     enqueue: Callable[[int], Any]
     #: Enqueues the jobs of a range with the system's bulk call; None when it has none.
     enqueue_batch: Callable[[range], Any] | None = None
-    #: Enqueues the jobs of a range for an untimed fill (default: ``enqueue_batch``, else one
-    #: ``enqueue`` after the other).
-    fill_batch: Callable[[range], Any] | None = None
-    #: Jobs per fill call.
+    #: How an untimed fill enqueues without ``enqueue_batch``: ``fill_size`` ``enqueue`` calls
+    #: in flight at once (what the docs of a system without a bulk call suggest), else one
+    #: after the other.
+    fill_concurrently: bool = False
+    #: Jobs per fill call (or per group of calls in flight).
     fill_size: int = 1000
     #: Creates the schema, or empties the queue.
     setup: Callable[[], Any] = lambda: None
@@ -210,11 +211,14 @@ async def _command(library: Library, args: argparse.Namespace) -> None:
             seconds = await _each(library.enqueue_batch, _batches(0, args.jobs, args.batch))
             emit({"seconds": seconds, "batch": args.batch})
         elif args.command == "fill":
-            fill = library.fill_batch or library.enqueue_batch
-            if fill is None:
-                await _each(library.enqueue, range(args.first, args.first + args.jobs))
+            batches = _batches(args.first, args.jobs, library.fill_size)
+            if library.enqueue_batch is not None:
+                await _each(library.enqueue_batch, batches)
+            elif library.fill_concurrently:
+                for numbers in batches:
+                    await asyncio.gather(*(_call(library.enqueue, n) for n in numbers))
             else:
-                await _each(fill, _batches(args.first, args.jobs, library.fill_size))
+                await _each(library.enqueue, range(args.first, args.first + args.jobs))
         elif args.command == "wakeup":
             await _wakeup(library, args.jobs, args.interval)
 

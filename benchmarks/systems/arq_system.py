@@ -8,7 +8,6 @@ class run by ``run_worker`` (what the ``arq`` command does), its defaults (``max
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -60,11 +59,6 @@ async def enqueue(n: int) -> None:
     await _redis[0].enqueue_job("noop", n)
 
 
-async def fill_batch(numbers: range) -> None:
-    """Many enqueues in flight at once (untimed: arq has no bulk call)."""
-    await asyncio.gather(*(_redis[0].enqueue_job("noop", n) for n in numbers))
-
-
 def worker(concurrency: int | None) -> None:
     run_worker(WorkerSettings)  # type: ignore[arg-type]
 
@@ -76,7 +70,7 @@ if __name__ == "__main__":
             config=config,
             worker=worker,
             enqueue=enqueue,
-            fill_batch=fill_batch,
+            fill_concurrently=True,
             fill_size=100,
             session=session,
         ),

@@ -58,11 +58,6 @@ async def enqueue(n: int) -> None:
     await _queue[0].enqueue("noop", n=n)
 
 
-async def fill_batch(numbers: range) -> None:
-    """Many enqueues in flight at once (untimed), which is what ``Queue.map`` does."""
-    await asyncio.gather(*(_queue[0].enqueue("noop", n=n) for n in numbers))
-
-
 def worker(concurrency: int | None) -> None:
     async def run() -> None:
         queue = Queue.from_url(URL)
@@ -80,7 +75,7 @@ if __name__ == "__main__":
             config=config,
             worker=worker,
             enqueue=enqueue,
-            fill_batch=fill_batch,
+            fill_concurrently=True,
             fill_size=100,
             session=session,
         ),
