@@ -344,6 +344,31 @@ async def test_the_wal_is_checkpointed_in_the_background_not_by_a_commit(
 
 
 @pytest.mark.anyio
+async def test_an_idle_database_is_not_checkpointed_again(db_path: pathlib.Path) -> None:
+    """Once a checkpoint has copied the whole log, the thread waits for the next commit
+    instead of checkpointing an idle database five times a second."""
+    async with SQLiteStorage(file_url(db_path)) as storage:
+        checkpointer = storage._checkpointer
+        assert checkpointer is not None
+
+        async def checkpointed_beyond(count: int) -> None:
+            with anyio.fail_after(10):
+                while True:
+                    if checkpointer.checkpoints > count:
+                        return
+                    await anyio.sleep(0.05)
+
+        await storage.enqueue([new()])
+        await checkpointed_beyond(0)
+        await anyio.sleep(0.5)  # the checkpoint of that commit is done
+        idle = checkpointer.checkpoints
+        await anyio.sleep(1.2)  # six turns of the thread, no commit
+        assert checkpointer.checkpoints == idle
+        await storage.enqueue([new()])
+        await checkpointed_beyond(idle)
+
+
+@pytest.mark.anyio
 async def test_an_in_memory_storage_has_no_checkpoint_thread() -> None:
     async with SQLiteStorage("sqlite:///:memory:") as storage:
         await storage.enqueue([new()])
