@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import pathlib
 import secrets
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import asyncpg
@@ -61,12 +62,27 @@ async def _fill(url: str, jobs: int) -> None:
             await noop.enqueue_many([(n,) for n in range(start, min(jobs, start + 1000))])
 
 
-async def measure_enqueue(admin_url: str, jobs: int, batch: int) -> dict[str, float]:
+@contextlib.asynccontextmanager
+async def _scratch_database(
+    admin_url: str,
+) -> AsyncIterator[tuple[str, str, asyncpg.Connection]]:
+    """A new database for one measurement, dropped after it: its name, its URL, and a
+    connection to the admin database (which never counts as one of its sessions)."""
     name = f"tfverbs_{secrets.token_hex(4)}"
     admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        app, noop = _app(with_database(admin_url, name))
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield name, with_database(admin_url, name), admin
+        finally:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def measure_enqueue(admin_url: str, jobs: int, batch: int) -> dict[str, float]:
+    async with _scratch_database(admin_url) as (name, url, admin):
+        app, noop = _app(url)
         async with app:
             await noop.enqueue_many([(n,) for n in range(batch)])  # migrated, queue cached
             pids = [
@@ -81,13 +97,11 @@ async def measure_enqueue(admin_url: str, jobs: int, batch: int) -> dict[str, fl
                 if batch == 1:
                     await noop.enqueue(start)
                 else:
-                    await noop.enqueue_many([(n,) for n in range(start, start + batch)])
+                    end = min(jobs, start + batch)
+                    await noop.enqueue_many([(n,) for n in range(start, end)])
             wall = time.perf_counter() - started
             client = time.process_time() - client
             server = sum(map(_cpu_seconds, pids)) - server
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
     return {
         "jobs_per_second": jobs / wall,
         "wall_us_per_job": wall / jobs * 1e6,
@@ -97,11 +111,7 @@ async def measure_enqueue(admin_url: str, jobs: int, batch: int) -> dict[str, fl
 
 
 async def measure(admin_url: str, jobs: int, batch: int, held: int = 0) -> dict[str, float]:
-    name = f"tfverbs_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = with_database(admin_url, name)
+    async with _scratch_database(admin_url) as (_, url, _admin):
         await _fill(url, jobs + held)
         conn = await asyncpg.connect(url, server_settings={"jit": "off"})
         try:
@@ -133,9 +143,6 @@ async def measure(admin_url: str, jobs: int, batch: int, held: int = 0) -> dict[
             cpu = _cpu_seconds(pid) - cpu
         finally:
             await conn.close()
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
     return {
         "claim_ms_per_call": claiming / calls * 1000,
         "complete_ms_per_call": completing / calls * 1000,
